@@ -1,0 +1,353 @@
+"""Batched localized SGLD over a weight selection, returning the chains' traces.
+
+All C chains advance together: the sampled entries are stacked as ``theta[chain, k]`` and
+one ``torch.func.vmap`` of ``grad_and_value`` over ``functional_call`` computes every
+chain's loss and gradient in one call. Only the selected entries are ever copied or
+differentiated; everything else is read from the frozen w*.
+
+Reproducibility: chain ``c`` draws its noise from its own generator seeded by
+``(seed, c)``, and minibatch order depends on ``seed`` alone (or on ``(seed, c)`` with
+``independent_batches``), so chain ``c`` of a batched run equals a one-chain run with
+``chain_ids=[c]`` up to floating-point reassociation in the batched kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from .config import SGLDConfig
+from .diagnostics import mala_log_acceptance
+from .llc import LLCEstimate, llc_draws_paired, llc_draws_plain, summarize
+from .selection import WeightSelection, select_all
+
+Batch = tuple[Tensor, ...]
+#: ``objective(params, batch) → scalar``: mean per-sample negative log-likelihood of the
+#: model with parameters (and buffers) ``params`` on ``batch``. Build one with
+#: ``supervised_objective`` or write it with ``torch.func.functional_call``.
+Objective = Callable[[Mapping[str, Tensor], Batch], Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingResult:
+    """Traces of one sampling run. Arrays are numpy, dims named in order.
+
+    ``loss[chain, draw]`` is L_B(w_t) on the draw's minibatch, taken before the update that
+    uses that batch; ``batch_init_loss[chain, draw]`` is L_B(w*) on the same batch (for the
+    paired estimator); ``init_loss`` is L_n(w*).
+    """
+
+    config: SGLDConfig
+    nbeta: float
+    n_samples: int
+    num_weights: int
+    chain_ids: list[int]
+    init_loss: float
+    loss: np.ndarray  # [chain, draw]
+    batch_init_loss: np.ndarray  # [chain, draw]
+    distance: np.ndarray  # [chain, draw]  ‖w − w*‖ over the sampled weights
+    grad_norm: np.ndarray  # [chain, draw]  ‖∇L_B(w)‖ over the sampled weights
+    mala_acceptance: np.ndarray  # [chain, draw]  MH acceptance estimate of the last step
+    diverged: np.ndarray  # [chain]
+    seconds: float
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def llc_draws(self, estimator: str | None = None) -> np.ndarray:
+        """Per-draw contributions to λ̂, ``[chain, draw]``."""
+        estimator = estimator or self.config.estimator
+        if estimator == "paired":
+            return llc_draws_paired(self.loss, self.batch_init_loss, self.nbeta)
+        if estimator == "plain":
+            return llc_draws_plain(self.loss, self.init_loss, self.nbeta)
+        raise ValueError(f"estimator must be 'plain' or 'paired', got {estimator!r}")
+
+    def llc(self, burnin: int | None = None, estimator: str | None = None) -> LLCEstimate:
+        """λ̂ over non-diverged chains; burn-in and estimator default to the config's."""
+        burnin = self.config.burnin if burnin is None else burnin
+        return summarize(self.llc_draws(estimator), burnin=burnin, diverged=self.diverged)
+
+
+class _Batches:
+    """Epoch-shuffled minibatch indices from a seeded generator (full batch if B ≥ n)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self
+
+    def __next__(self) -> Tensor:
+        if self.batch_size == self.n:
+            return torch.arange(self.n)
+        if self.pos + self.batch_size > self.perm.numel():
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+
+def _seed(*keys: int) -> int:
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+_NOISE, _BATCH = 1, 2  # stream tags for per-purpose seeds
+
+
+def sample(
+    model: nn.Module,
+    objective: Objective,
+    data: Tensor | Sequence[Tensor],
+    selection: WeightSelection | None = None,
+    config: SGLDConfig | None = None,
+    *,
+    chain_ids: Sequence[int] | None = None,
+    init_loss: float | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> SamplingResult:
+    """Run ``config.chains`` localized SGLD chains around the model's current weights w*.
+
+    Args:
+        model: any ``nn.Module``; its current parameters are w*. It is not modified.
+        objective: ``(params, batch) → mean per-sample NLL`` (see ``Objective``).
+        data: tensors sharing a leading sample dim n (the loss's dataset; pass another
+            dataset for a data-refined LLC).
+        selection: weights to sample (default: all of them, the unrefined LLC).
+        config: sampler settings (default ``SGLDConfig()``).
+        chain_ids: which chains to run (default ``range(config.chains)``); chain c's noise
+            depends only on ``(seed, c)``.
+        init_loss: L_n(w*) if already known (shared by all components of a checkpoint).
+        progress: show a tqdm bar on stderr, or a callback ``(step, total_steps)``.
+    """
+    config = config or SGLDConfig()
+    selection = selection or select_all(model)
+    selection.validate(model)
+    tensors = (data,) if isinstance(data, Tensor) else tuple(data)
+    n = int(tensors[0].shape[0])
+    if n == 0 or any(int(t.shape[0]) != n for t in tensors):
+        raise ValueError("data tensors must be non-empty and share their leading dimension")
+    ids = list(range(config.chains)) if chain_ids is None else [int(c) for c in chain_ids]
+    n_chains = len(ids)
+    if n_chains == 0:
+        raise ValueError("chain_ids is empty: at least one chain is needed")
+
+    device = next(iter(model.parameters())).device
+    tensors = tuple(t.to(device) for t in tensors)
+    frozen = {k: v.detach() for k, v in model.named_parameters()}
+    frozen.update({k: v.detach() for k, v in model.named_buffers()})
+    nbeta = config.resolve_nbeta(n)
+    gamma, eps = config.localization, config.step_size
+
+    names = selection.names
+    index = {k: (v.to(device) if v is not None else None) for k, v in selection.entries.items()}
+    w_star = torch.cat([_flat_select(frozen[k], index[k]) for k in names])  # [d]
+    sizes = [int(_flat_select(frozen[k], index[k]).numel()) for k in names]
+    d = int(w_star.numel())
+
+    def full_params(theta: Tensor) -> dict[str, Tensor]:  # theta: [d] (one chain)
+        params = dict(frozen)
+        for k, part in zip(names, theta.split(sizes), strict=True):
+            base = frozen[k]
+            if index[k] is None:
+                params[k] = part.view(base.shape)
+            else:
+                params[k] = base.reshape(-1).index_put((index[k],), part).view(base.shape)
+        return params
+
+    def loss_of(theta: Tensor, batch: Batch) -> Tensor:
+        return objective(full_params(theta), batch)
+
+    batch_dim = 0 if config.independent_batches else None
+    grad_and_loss = vmap(grad_and_value(loss_of), in_dims=(0, batch_dim))
+    loss_at_star = vmap(lambda b: objective(frozen, b)) if config.independent_batches else None
+
+    if config.independent_batches:
+        streams = [_Batches(n, config.batch_size, _seed(config.seed, _BATCH, c)) for c in ids]
+    else:
+        streams = [_Batches(n, config.batch_size, _seed(config.seed, _BATCH))]
+    gens = [_generator(device, _seed(config.seed, _NOISE, c)) for c in ids]
+
+    def next_batch() -> Batch:
+        if not config.independent_batches:
+            idx = next(streams[0]).to(device)
+            return tuple(t[idx] for t in tensors)
+        idxs = [next(s).to(device) for s in streams]
+        return tuple(torch.stack([t[i] for i in idxs]) for t in tensors)
+
+    if init_loss is None:
+        init_loss = full_data_loss(objective, frozen, tensors, config)
+
+    theta = w_star.expand(n_chains, d).clone()  # [chain, d]
+    sq_avg = torch.zeros_like(theta)
+    n_draws, spd = config.draws, config.steps_per_draw
+    rec = {k: torch.full((n_chains, n_draws), math.nan) for k in
+           ("loss", "batch_init_loss", "distance", "grad_norm", "mala_acceptance")}
+    # (theta, U − nβ·L_B(w*), ∇U) of the step before a draw, for the MALA estimate
+    prev: tuple[Tensor, Tensor, Tensor] | None = None
+
+    bar, callback = _progress(progress, config.total_steps)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for step in range(config.total_steps):
+            batch = next_batch()
+            with torch.enable_grad():
+                grad_loss, loss = grad_and_loss(theta, batch)  # [chain, d], [chain]
+            offset = theta - w_star
+            grad_u = nbeta * grad_loss + gamma * offset  # ∇U, U = nβ·L_B + (γ/2)‖w − w*‖²
+            u = nbeta * loss + 0.5 * gamma * offset.square().sum(-1)
+            if config.preconditioner == "rmsprop":
+                sq_avg.mul_(config.rmsprop_alpha).addcmul_(
+                    grad_u, grad_u, value=1 - config.rmsprop_alpha
+                )
+                precond = 1.0 / (config.rmsprop_eps + sq_avg.sqrt())
+            else:
+                precond = torch.ones_like(theta)
+
+            is_draw = (step + 1) % spd == 0
+            if is_draw or (step + 2) % spd == 0:  # a draw, or the step before one (MALA)
+                # L_B(w*) on this batch: the paired estimator's baseline, and the offset that
+                # makes potentials of different minibatches comparable for MALA.
+                star = (
+                    loss_at_star(batch)
+                    if config.independent_batches
+                    else objective(frozen, batch).expand(n_chains)
+                )
+                u_rel = u - nbeta * star  # U(w) − nβ·L_B(w*)
+            if is_draw:
+                j = step // spd
+                rec["loss"][:, j] = loss.float().cpu()
+                rec["batch_init_loss"][:, j] = star.float().cpu()
+                rec["distance"][:, j] = offset.norm(dim=-1).float().cpu()
+                rec["grad_norm"][:, j] = grad_loss.norm(dim=-1).float().cpu()
+                if prev is not None:
+                    log_a = mala_log_acceptance(
+                        prev[0], theta, prev[1], u_rel, prev[2], grad_u, eps, precond
+                    )
+                    rec["mala_acceptance"][:, j] = log_a.exp().float().cpu()
+
+            noise = torch.stack(
+                [torch.randn(d, generator=g, device=device, dtype=theta.dtype) for g in gens]
+            )
+            prev = (theta, u_rel, grad_u) if (step + 2) % spd == 0 else None
+            theta = theta - 0.5 * eps * precond * grad_u + (eps * precond).sqrt() * noise
+            callback(step + 1)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start
+
+    traces = {k: v.numpy().astype(np.float64) for k, v in rec.items()}
+    diverged = _diverged(
+        traces["loss"], traces["batch_init_loss"], nbeta, config.divergence_factor * d
+    )
+    return SamplingResult(
+        config=config,
+        nbeta=nbeta,
+        n_samples=n,
+        num_weights=d,
+        chain_ids=ids,
+        init_loss=float(init_loss),
+        diverged=diverged,
+        seconds=seconds,
+        **traces,
+    )
+
+
+def full_data_loss(
+    objective: Objective,
+    params: Mapping[str, Tensor],
+    data: Sequence[Tensor],
+    config: SGLDConfig,
+) -> float:
+    """L_n(w*): mean loss over the dataset (or its first ``init_loss_batches`` batches of a
+    seeded shuffle), evaluated in chunks so memory stays bounded."""
+    n = int(data[0].shape[0])
+    if config.init_loss_batches is None:
+        order = torch.arange(n)
+        chunk = max(config.batch_size, 256)
+    else:
+        gen = torch.Generator().manual_seed(_seed(config.seed, _BATCH, 10**6))
+        order = torch.randperm(n, generator=gen)[: config.init_loss_batches * config.batch_size]
+        chunk = config.batch_size
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for idx in order.split(chunk):
+            idx = idx.to(data[0].device)
+            total += float(objective(params, tuple(t[idx] for t in data))) * idx.numel()
+            count += idx.numel()
+    return total / count
+
+
+def _flat_select(t: Tensor, idx: Tensor | None) -> Tensor:
+    return t.reshape(-1) if idx is None else t.reshape(-1)[idx]
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _diverged(
+    loss: np.ndarray, batch_init_loss: np.ndarray, nbeta: float, limit: float
+) -> np.ndarray:
+    """Chains whose loss went non-finite or rose above w*'s loss on the same minibatch by
+    more than ``limit`` in nβ units (paired, so minibatch noise cannot trip it)."""
+    with np.errstate(invalid="ignore"):
+        exploded = (nbeta * (loss - batch_init_loss) > limit).any(axis=1)
+    return ~np.isfinite(loss).all(axis=1) | exploded
+
+
+def _progress(progress: bool | Callable[[int, int], None], total: int):
+    if callable(progress):
+        return None, lambda step: progress(step, total)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="SGLD", unit="step", leave=False)
+        return bar, lambda step: bar.update(1)
+    return None, lambda step: None
+
+
+def supervised_objective(
+    model: nn.Module, nll: Callable[[Tensor, Tensor], Tensor] | str = "gaussian"
+) -> Objective:
+    """Objective for ``batch = (x, y)``: mean over samples of ``nll(model(x), y)``.
+
+    ``"gaussian"`` is the per-sample NLL of y ~ N(f(x), I) up to a constant,
+    ½‖y − f(x)‖²; ``"cross_entropy"`` is for class labels.
+    """
+    if nll == "gaussian":
+        def nll_fn(out: Tensor, y: Tensor) -> Tensor:
+            return 0.5 * (out - y).square().flatten(1).sum(-1).mean()
+    elif nll == "cross_entropy":
+        nll_fn = torch.nn.functional.cross_entropy
+    elif callable(nll):
+        nll_fn = nll
+    else:
+        raise ValueError(f"nll must be 'gaussian', 'cross_entropy' or a callable, got {nll!r}")
+
+    def objective(params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        x, y = batch
+        return nll_fn(functional_call(model, dict(params), (x,)), y)
+
+    return objective
+
+
+def estimate_llc(
+    model: nn.Module,
+    objective: Objective,
+    data: Tensor | Sequence[Tensor],
+    selection: WeightSelection | None = None,
+    config: SGLDConfig | None = None,
+    **kwargs,
+) -> tuple[LLCEstimate, SamplingResult]:
+    """``sample`` then ``result.llc()``: the (refined) LLC estimate and its traces."""
+    result = sample(model, objective, data, selection, config, **kwargs)
+    return result.llc(), result

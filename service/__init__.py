@@ -1,0 +1,1 @@
+"""rllc.service"""
