@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import common, estimate
+from . import common, estimate, query
 
 app = typer.Typer(
     name="rllc",
@@ -16,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(estimate.app, name="estimate")
+app.command("query")(query.query)
 
 
 @app.callback()

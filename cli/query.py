@@ -1,0 +1,104 @@
+"""``rllc query STORE``: the LLC table of a stored sweep, recomputed from its loss traces."""
+
+from __future__ import annotations
+
+import csv
+import io
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rllc.store import DEFAULT_STORE, QueryError, StoreError, llc_table, open_store
+
+from .common import JsonFlag, UsageError, emit, handle_errors, table
+
+COLUMNS = (
+    "checkpoint",
+    "step",
+    "component",
+    "dataset",
+    "llc_mean",
+    "llc_std",
+    "llc_stderr",
+    "chains",
+    "seeds",
+)
+
+
+class Format(StrEnum):
+    """Output formats of ``rllc query``."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@handle_errors
+def query(
+    store: Annotated[
+        str, typer.Argument(metavar="STORE", help="Store: a local path or s3://bucket/prefix.")
+    ] = DEFAULT_STORE,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="Sweep id (optional if the store has one).")
+    ] = None,
+    component: Annotated[
+        str | None, typer.Option("--component", help='Component label or glob, e.g. "1:*".')
+    ] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset name or glob.")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="Checkpoint URI, glob or training step.")
+    ] = None,
+    burnin: Annotated[
+        int | None,
+        typer.Option("--burnin", help="Draws left out (default: the sweep's burn-in)."),
+    ] = None,
+    estimator: Annotated[
+        str | None, typer.Option("--estimator", help="plain | paired (default: the sweep's).")
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="table, csv or json.")] = Format.table,
+    as_json: JsonFlag = False,
+) -> None:
+    """LLC per (checkpoint, component, dataset): mean, std and standard error over the
+    chains of every done seed, recomputed from the stored loss traces."""
+    try:
+        ts = open_store(store, read_only=True)
+        sweep_id = ts.resolve_sweep(sweep)
+        ds = ts.open_sweep(sweep_id)
+        config = ds.attrs.get("sgld_config", {})
+        rows = llc_table(
+            ds,
+            component=component,
+            dataset=dataset,
+            checkpoint=checkpoint,
+            burnin=burnin,
+            estimator=estimator,
+        )
+    except (QueryError, StoreError) as err:  # bad store, sweep id, filter or burn-in
+        raise UsageError(str(err)) from err
+    result = {
+        "rows": rows,
+        "store": store,
+        "sweep": sweep_id,
+        "burnin": config.get("burnin") if burnin is None else burnin,
+        "estimator": estimator or config.get("estimator"),
+    }
+    if fmt is Format.csv and not as_json:
+        emit(result, False, _csv)
+    else:
+        emit(result, as_json or fmt is Format.json, _human)
+
+
+def _human(result: dict[str, Any]) -> str:
+    head = (
+        f"sweep {result['sweep']} in {result['store']}: burn-in {result['burnin']}, "
+        f"{result['estimator']} estimator, {len(result['rows'])} rows"
+    )
+    return head + "\n" + table(result["rows"], COLUMNS)
+
+
+def _csv(result: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    return buf.getvalue()

@@ -1,0 +1,290 @@
+"""``TraceStore``: a narrow store of labelled array groups, and sweeps built on top of it.
+
+A backend implements ``exists``, ``list``, ``read`` (→ ``xarray.Dataset``), ``_create``
+(a group from a ``GroupLayout``), ``_write`` (arrays at a region of a group) and
+``with_read_only``.
+Read-only mode is checked once, in the public ``create``/``write``; the sweep methods
+(``create_sweep``, ``write_cell``, ``done_cells``, …) are written once, over those
+primitives, for every backend — as zarr's ``Store`` builds its defaults on a few abstract
+methods.
+
+Concurrency: a sweep cell is one chunk of each array and exactly one writer writes it,
+then sets its ``done`` flag (its own chunk) last. Whole-object writes are atomic on both
+backends (local: temp file + rename; S3: PUT), so a reader sees either the old or the new
+chunk, and ``done`` is never set before the traces are in place. Creating a sweep is not
+safe to race (the driver creates it once, before workers start); a crash half-way through
+creation is harmless, because the group's ``rllc`` attribute, which marks it complete, is
+written last and a retry re-creates an incomplete group.
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+import xarray as xr
+from rllc.estimators.config import SGLDConfig
+
+from .errors import LayoutMismatchError, ReadOnlyStoreError, UnknownGroupError
+from .layout import GroupLayout, group_path, validate_id
+from .sweep import (
+    ATTR_CONFIG,
+    ATTR_RLLC,
+    SWEEP_VARIABLES,
+    CellKey,
+    SweepGrid,
+    cell_values,
+    config_from_attrs,
+    diff_fields,
+    grid_from_attrs,
+    sweep_layout,
+)
+
+if TYPE_CHECKING:
+    from rllc.estimators import SamplingResult
+
+#: Where ``rllc`` keeps its traces when no store is named (CLI.md).
+DEFAULT_STORE = "./rllc-store"
+
+
+class TraceStore(ABC):
+    """Groups of named-dimension arrays at paths like ``sweeps/<id>``, local or remote.
+
+    Capability flags (class attributes, like zarr's ``supports_*``) say what a backend can
+    do; ``supports_writes`` is also false for a read-only handle.
+    """
+
+    #: Child groups can be listed (``list``, ``list_sweeps``).
+    supports_listing: ClassVar[bool] = True
+    #: Different processes may write different cells of one sweep at the same time.
+    supports_concurrent_writers: ClassVar[bool] = True
+
+    def __init__(self, uri: str, *, read_only: bool = False) -> None:
+        self.uri = uri
+        self.read_only = read_only
+        # A sweep's grid and config never change after creation: safe to cache per handle.
+        self._attrs_cache: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        return f"{type(self).__name__}({self.uri!r}, {mode})"
+
+    @property
+    def supports_writes(self) -> bool:
+        """False for a read-only handle."""
+        return not self.read_only
+
+    # ---- the backend's primitives ---------------------------------------------------
+
+    @abstractmethod
+    def with_read_only(self) -> Self:
+        """A read-only handle on the same store (this one is unchanged)."""
+
+    @abstractmethod
+    def exists(self, path: str) -> bool:
+        """Whether a group exists at ``path`` (``""`` is the store's root)."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        """Names of the groups directly under ``prefix``, sorted; empty if there is none."""
+
+    @abstractmethod
+    def read(self, path: str) -> xr.Dataset:
+        """The group at ``path`` as a lazily loaded, labelled ``xarray.Dataset``."""
+
+    def read_attrs(self, path: str) -> dict[str, Any]:
+        """The attributes of the group at ``path`` (backends may do this more cheaply)."""
+        return dict(self.read(path).attrs)
+
+    def read_array(self, path: str, name: str) -> np.ndarray:
+        """All values of array ``name`` of the group at ``path``."""
+        return np.asarray(self.read(path)[name].values)
+
+    @abstractmethod
+    def _create(self, path: str, layout: GroupLayout) -> None:
+        """Create (or re-create over an incomplete one) the group at ``path``; write its
+        coordinate values, then its attributes last."""
+
+    @abstractmethod
+    def _write(self, path: str, values: Mapping[str, Any], region: Mapping[str, int]) -> None:
+        """Write each array of ``values`` at the integer ``region`` (dim → index; whole
+        along other dims) of the group at ``path``, possibly concurrently; all are stored
+        when it returns (so a later call, like the ``done`` flag's, lands after them)."""
+
+    # ---- checked public writes ------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"store {self.uri} is open read-only: writes are refused "
+                "(open it with read_only=False to write)"
+            )
+
+    def create(self, path: str, layout: GroupLayout) -> None:
+        """Create the group at ``path`` from ``layout`` (see ``_create``)."""
+        self._check_writable()
+        self._create(path, layout)
+
+    def write(self, path: str, values: Mapping[str, Any], region: Mapping[str, int]) -> None:
+        """Write arrays into a region of an existing group (see ``_write``)."""
+        self._check_writable()
+        self._write(path, values, region)
+
+    # ---- sweeps ---------------------------------------------------------------------
+
+    @staticmethod
+    def group_path(kind: str, group_id: str) -> str:
+        """``"<kind>/<id>"``, e.g. ``sweeps/demo``; kinds: sweeps, tuning."""
+        return group_path(kind, group_id)
+
+    def list_sweeps(self) -> builtins.list[str]:
+        """Ids of the sweeps in this store, sorted."""
+        return self.list("sweeps")
+
+    def create_sweep(
+        self,
+        sweep_id: str,
+        grid: SweepGrid,
+        config: SGLDConfig,
+        spec: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Create the group of a sweep; a no-op if it exists with the same grid and config.
+
+        Args:
+            sweep_id: letters, digits, ``-`` and ``_``.
+            grid: checkpoints (with steps), components, datasets, seeds.
+            config: the sampler config; its ``chains`` and ``draws`` size the traces.
+            spec: the sweep spec as given (JSON-able), kept in the group's attributes.
+
+        Returns:
+            True if the group was created, False if it already existed.
+
+        Raises:
+            LayoutMismatchError: the sweep exists with another grid or sampler config.
+        """
+        path = group_path("sweeps", sweep_id)
+        self._check_writable()
+        if self.exists(path):
+            attrs = self.read_attrs(path)
+            if ATTR_RLLC in attrs:  # complete: compare, never overwrite
+                self._check_same(sweep_id, attrs, grid, config)
+                self._attrs_cache[sweep_id] = attrs
+                return False
+        layout = sweep_layout(sweep_id, grid, config, spec)
+        self.create(path, layout)
+        self._attrs_cache.pop(sweep_id, None)
+        return True
+
+    @staticmethod
+    def _check_same(
+        sweep_id: str, attrs: Mapping[str, Any], grid: SweepGrid, config: SGLDConfig
+    ) -> None:
+        old_grid = grid_from_attrs(attrs)
+        if old_grid != grid:
+            changes = diff_fields(old_grid.model_dump(), grid.model_dump())
+            raise LayoutMismatchError(
+                f"sweep {sweep_id!r} already exists with a different grid "
+                f"({'; '.join(changes)}); resume it unchanged or use a new sweep id"
+            )
+        new_config = config.model_dump(mode="json")
+        if attrs[ATTR_CONFIG] != new_config:
+            changes = diff_fields(attrs[ATTR_CONFIG], new_config)
+            raise LayoutMismatchError(
+                f"sweep {sweep_id!r} already exists with a different sampler config "
+                f"({'; '.join(changes)}); resume it unchanged or use a new sweep id"
+            )
+
+    def _sweep_attrs(self, sweep_id: str) -> dict[str, Any]:
+        """The attributes of a complete sweep group, or ``UnknownGroupError``."""
+        if sweep_id not in self._attrs_cache:
+            path = group_path("sweeps", sweep_id)
+            attrs = self.read_attrs(path) if self.exists(path) else {}
+            if ATTR_RLLC not in attrs:
+                raise self._unknown_sweep(sweep_id)
+            self._attrs_cache[sweep_id] = attrs
+        return self._attrs_cache[sweep_id]
+
+    def _unknown_sweep(self, sweep_id: str) -> UnknownGroupError:
+        known = self.list_sweeps()
+        have = f"it has: {', '.join(known)}" if known else "it has no sweeps"
+        return UnknownGroupError(f"no sweep {sweep_id!r} in store {self.uri} ({have})")
+
+    def sweep_grid(self, sweep_id: str) -> SweepGrid:
+        """The grid the sweep was created with."""
+        return grid_from_attrs(self._sweep_attrs(sweep_id))
+
+    def sweep_config(self, sweep_id: str) -> SGLDConfig:
+        """The sampler config the sweep was created with."""
+        return config_from_attrs(self._sweep_attrs(sweep_id))
+
+    def write_cell(self, sweep_id: str, key: CellKey, result: SamplingResult) -> None:
+        """Store one cell's traces, then mark it done (the flag is written last)."""
+        self._check_writable()
+        grid, config = self.sweep_grid(sweep_id), self.sweep_config(sweep_id)
+        region = grid.region(key)
+        values = cell_values(result, config)
+        path = group_path("sweeps", sweep_id)
+        self.write(path, values, region)
+        self.write(path, {"done": np.asarray(True)}, region)
+
+    def write_failure(self, sweep_id: str, key: CellKey, error_text: str) -> None:
+        """Record that a cell's run failed, with its error text (the cell stays not done)."""
+        self._check_writable()
+        region = self.sweep_grid(sweep_id).region(key)
+        path = group_path("sweeps", sweep_id)
+        self.write(path, {"done": np.asarray(False)}, region)
+        self.write(path, {"error": np.asarray(str(error_text) or "failed", dtype=object)}, region)
+
+    def done_cells(self, sweep_id: str) -> set[CellKey]:
+        """Cells whose traces are completely stored."""
+        grid = self.sweep_grid(sweep_id)
+        done = self.read_array(group_path("sweeps", sweep_id), "done")
+        return {grid.key_at(tuple(i)) for i in np.argwhere(done)}
+
+    def failed_cells(self, sweep_id: str) -> dict[CellKey, str]:
+        """Cells whose last run failed (and that are not done), with their error text."""
+        grid = self.sweep_grid(sweep_id)
+        path = group_path("sweeps", sweep_id)
+        done = self.read_array(path, "done")
+        error = self.read_array(path, "error").astype(object)
+        failed = (error != "") & ~done
+        return {grid.key_at(tuple(i)): str(error[tuple(i)]) for i in np.argwhere(failed)}
+
+    def sweep_progress(self, sweep_id: str) -> dict[str, int]:
+        """``cells_total``, ``cells_done``, ``cells_failed`` (the CLI's JSON keys)."""
+        grid = self.sweep_grid(sweep_id)
+        return {
+            "cells_total": int(np.prod(grid.shape)),
+            "cells_done": len(self.done_cells(sweep_id)),
+            "cells_failed": len(self.failed_cells(sweep_id)),
+        }
+
+    def resolve_sweep(self, sweep_id: str | None = None) -> str:
+        """``sweep_id`` if the store has it; with None, the store's only sweep."""
+        if sweep_id is None:
+            known = self.list_sweeps()
+            if len(known) == 1:
+                return known[0]
+            if not known:
+                raise UnknownGroupError(f"store {self.uri} has no sweeps")
+            raise UnknownGroupError(
+                f"store {self.uri} has {len(known)} sweeps, name one with --sweep: "
+                f"{', '.join(known)}"
+            )
+        try:
+            validate_id(sweep_id)
+        except ValueError as err:
+            raise UnknownGroupError(str(err)) from None
+        self._sweep_attrs(sweep_id)
+        return sweep_id
+
+    def open_sweep(self, sweep_id: str | None = None) -> xr.Dataset:
+        """The sweep as a labelled ``xarray.Dataset`` (lazy); None = the only sweep."""
+        sweep_id = self.resolve_sweep(sweep_id)
+        ds = self.read(group_path("sweeps", sweep_id))
+        # Backends list arrays in any order; show them in the layout's order.
+        order = [v for v in SWEEP_VARIABLES if v in ds.data_vars]
+        return ds[order + sorted(set(ds.data_vars) - set(order))]

@@ -1,0 +1,180 @@
+"""Pure queries over a stored sweep (an ``xarray.Dataset`` from ``TraceStore.open_sweep``).
+
+λ̂ is recomputed from the raw traces, so burn-in and estimator are chosen at query time:
+
+- plain:  λ̂_c = nβ · ( mean_{t ≥ burnin} L_{B_t}(w_{c,t}) − L_n(w*) )
+- paired: λ̂_c = nβ · mean_{t ≥ burnin} ( L_{B_t}(w_{c,t}) − L_{B_t}(w*) )
+
+per chain c (``rllc.estimators.llc``), pooled over the chains of every done seed of a
+(checkpoint, component, dataset); diverged chains are left out. ``llc_std`` is the spread
+of the per-chain λ̂_c, ``llc_stderr`` the Monte-Carlo standard error of their mean from the
+effective sample size of all kept draws (as ``rllc estimate`` reports it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from fnmatch import fnmatchcase
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from rllc.estimators.config import SGLDConfig
+from rllc.estimators.llc import (
+    AllChainsDivergedError,
+    llc_draws_paired,
+    llc_draws_plain,
+    summarize,
+)
+
+from .errors import QueryError
+from .sweep import config_from_attrs
+from .zarr_store import open_store
+
+#: Keys of every ``llc_table`` row (CLI.md), then extras.
+ROW_KEYS = (
+    "checkpoint",
+    "step",
+    "component",
+    "dataset",
+    "llc_mean",
+    "llc_std",
+    "llc_stderr",
+    "chains",
+    "seeds",
+)
+
+
+def open_sweep(uri: str, sweep_id: str | None = None) -> xr.Dataset:
+    """Open a sweep read-only; ``sweep_id`` may be omitted when the store has only one."""
+    return open_store(uri, read_only=True).open_sweep(sweep_id)
+
+
+def sweep_config(ds: xr.Dataset) -> SGLDConfig:
+    """The sampler config a sweep was run with."""
+    return config_from_attrs(ds.attrs)
+
+
+def select(
+    ds: xr.Dataset,
+    *,
+    component: str | None = None,
+    dataset: str | None = None,
+    checkpoint: str | None = None,
+) -> xr.Dataset:
+    """The part of a sweep whose labels match; each filter is an exact label or a glob
+    (``"1:*"``); a checkpoint also matches by its training step (``"2000"``)."""
+    for dim, pattern in (
+        ("component", component),
+        ("dataset", dataset),
+        ("checkpoint", checkpoint),
+    ):
+        if pattern is None:
+            continue
+        labels = [str(x) for x in ds[dim].values]
+        steps = [str(int(x)) for x in ds["step"].values] if dim == "checkpoint" else labels
+        keep = [
+            i
+            for i, (label, step) in enumerate(zip(labels, steps, strict=True))
+            if label == pattern or step == pattern or fnmatchcase(label, pattern)
+        ]
+        if not keep:
+            shown = ", ".join(labels[:12]) + (" …" if len(labels) > 12 else "")
+            raise QueryError(f"no {dim} matches {pattern!r}; the sweep has: {shown}")
+        ds = ds.isel({dim: keep})
+    return ds
+
+
+def llc_table(
+    ds: xr.Dataset,
+    component: str | None = None,
+    dataset: str | None = None,
+    checkpoint: str | None = None,
+    burnin: int | None = None,
+    estimator: str | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (checkpoint, component, dataset) with at least one done cell.
+
+    Args:
+        ds: a sweep, from ``open_sweep``.
+        component, dataset, checkpoint: filters (see ``select``).
+        burnin: leading draws left out (default: the sweep config's ``burnin``).
+        estimator: ``"plain"`` or ``"paired"`` (default: the sweep config's).
+
+    Returns:
+        Rows ``{checkpoint, step, component, dataset, llc_mean, llc_std, llc_stderr,
+        chains, seeds, draws, diverged_chains}``; ``llc_*`` are NaN when every chain
+        diverged, and ``chains`` counts the chains used.
+    """
+    config = sweep_config(ds)
+    burnin = config.burnin if burnin is None else int(burnin)
+    estimator = estimator or config.estimator
+    n_draws = ds.sizes["draw"]
+    if not 0 <= burnin < n_draws:
+        raise QueryError(f"burnin must lie in [0, {n_draws}) for this sweep, got {burnin}")
+    if estimator not in ("plain", "paired"):
+        raise QueryError(f"estimator must be 'plain' or 'paired', got {estimator!r}")
+
+    ds = select(ds, component=component, dataset=dataset, checkpoint=checkpoint)
+    done = ds["done"].values.astype(bool)  # [checkpoint, component, dataset, seed]
+    if not done.any():
+        return []
+    loss = ds["loss"].values  # [checkpoint, component, dataset, seed, chain, draw]
+    base = ds["batch_init_loss" if estimator == "paired" else "init_loss"].values
+    nbeta, diverged = ds["nbeta"].values, ds["diverged"].values.astype(bool)
+
+    rows = []
+    checkpoints, steps = ds["checkpoint"].values, ds["step"].values
+    for k, h, d in np.ndindex(done.shape[:3]):
+        seeds = np.flatnonzero(done[k, h, d])
+        if seeds.size == 0:
+            continue
+        cells = [(k, h, d, s) for s in seeds]
+        draws = np.concatenate(
+            [_cell_draws(loss[c], base[c], nbeta[c], estimator) for c in cells]
+        )  # [seed·chain, draw]
+        bad = np.concatenate([diverged[c] for c in cells])
+        row = {
+            "checkpoint": str(checkpoints[k]),
+            "step": int(steps[k]),
+            "component": str(ds["component"].values[h]),
+            "dataset": str(ds["dataset"].values[d]),
+            **_summary(draws, burnin, bad),
+            "seeds": int(seeds.size),
+        }
+        rows.append({key: row[key] for key in ROW_KEYS} | row)
+    return rows
+
+
+def _cell_draws(loss: np.ndarray, base: Any, nbeta: float, estimator: str) -> np.ndarray:
+    """Per-draw λ̂ contributions ``[chain, draw]`` of one cell."""
+    if estimator == "paired":
+        return llc_draws_paired(loss, base, float(nbeta))
+    return llc_draws_plain(loss, float(base), float(nbeta))
+
+
+def _summary(draws: np.ndarray, burnin: int, diverged: np.ndarray) -> dict[str, Any]:
+    """``summarize`` as row fields; NaN estimates (not an error) when all chains diverged."""
+    try:
+        with warnings.catch_warnings():
+            # Diverged chains are reported in the row; no warning per row.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            est = summarize(draws, burnin=burnin, diverged=diverged)
+    except AllChainsDivergedError:
+        nan = float("nan")
+        return {
+            "llc_mean": nan,
+            "llc_std": nan,
+            "llc_stderr": nan,
+            "chains": 0,
+            "draws": draws.shape[1] - burnin,
+            "diverged_chains": int(diverged.sum()),
+        }
+    return {
+        "llc_mean": est.llc_mean,
+        "llc_std": est.llc_std,
+        "llc_stderr": est.llc_stderr,
+        "chains": est.chains,
+        "draws": est.draws,
+        "diverged_chains": est.diverged_chains,
+    }
