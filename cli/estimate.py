@@ -1,7 +1,185 @@
-"""``rllc estimate …``: one LLC point (deep linear network now; model components later)."""
+"""``rllc estimate …``: one (refined) LLC point."""
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated, Any
+
 import typer
 
+from rllc.estimators import SGLDConfig
+
+from .common import (
+    BatchSize,
+    Burnin,
+    Chains,
+    Draws,
+    JsonFlag,
+    Localization,
+    NBeta,
+    Precond,
+    Seed,
+    StepSize,
+    StepsPerDraw,
+    UsageError,
+    emit,
+    handle_errors,
+    sampler_overrides,
+)
+
 app = typer.Typer(help="Estimate one (refined) LLC.", no_args_is_help=True)
+
+
+@app.command("dln")
+@handle_errors
+def dln(
+    widths: Annotated[str, typer.Option("--widths", help="Layer widths M,H,N[,…] (input first).")],
+    true_rank: Annotated[int, typer.Option("--true-rank", help="Rank r of the teacher.")],
+    samples: Annotated[int | None, typer.Option("--samples", help="n, training samples.")] = None,
+    step_size: StepSize = None,
+    localization: Localization = None,
+    nbeta: NBeta = None,
+    chains: Chains = None,
+    draws: Draws = None,
+    burnin: Burnin = None,
+    steps_per_draw: StepsPerDraw = None,
+    batch_size: BatchSize = None,
+    preconditioner: Precond = None,
+    seed: Seed = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """LLC of a deep linear network at its trained minimum, beside Aoyagi's exact λ."""
+    from rllc.estimators.dln import DLN_SAMPLER, DLNProblem, estimate_dln
+
+    try:
+        width_list = tuple(int(w) for w in widths.split(","))
+    except ValueError as err:
+        raise UsageError(f"--widths must be integers separated by commas, got {widths!r}") from err
+    problem_fields: dict[str, Any] = {"widths": width_list, "true_rank": true_rank}
+    if samples is not None:
+        problem_fields["samples"] = samples
+    if seed is not None:
+        problem_fields["seed"] = seed
+    problem = DLNProblem(**problem_fields)
+    overrides = sampler_overrides(
+        step_size=step_size, localization=localization, nbeta=nbeta, chains=chains,
+        draws=draws, burnin=burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
+        preconditioner=preconditioner, seed=seed,
+    )
+    config = SGLDConfig.model_validate({**DLN_SAMPLER.model_dump(), **overrides})
+    out = estimate_dln(problem, config, progress=not as_json and sys.stderr.isatty())
+    emit(out, as_json, _dln_text)
+
+
+def _dln_text(out: dict[str, Any]) -> str:
+    rel = out["relative_error"]
+    rel_text = "" if rel is None else f"  ({100 * rel:+.1f}% relative error)"
+    return (
+        f"estimated λ̂ = {out['llc_mean']:.3f} ± {out['llc_stderr']:.3f} (s.e.), "
+        f"std over chains {out['llc_std']:.3f}\n"
+        f"exact λ     = {out['true_llc']:.3f}  [{out['case']}, multiplicity "
+        f"{out['multiplicity'] or '?'}]{rel_text}\n"
+        f"{out['chains']} chains × {out['draws']} draws, nβ = {out['nbeta']:g}, "
+        f"n = {out['samples']}, diverged chains: {out['diverged_chains']}, "
+        f"MALA acceptance {out['mala_acceptance']:.3f}, {out['seconds']:.1f} s"
+    )
+
+
+@app.command("model")
+@handle_errors
+def model(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(help="Checkpoint directory (…/ckpt-NNNNNNN, local or s3://), or a run "
+                       "directory (its newest checkpoint).", show_default=False),
+    ],
+    component: Annotated[
+        str, typer.Option("--component", help='"L:H", "L:*", all, embed, unembed or a '
+                          "parameter-name pattern.", show_default=False),
+    ],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="train (the model's own mix), code, prose, "
+                          "induction, dyck, ngram, or a URI of tokens / text.")
+    ] = "train",
+    sequences: Annotated[
+        int, typer.Option("--sequences", min=1, help="n, sequences in the loss dataset.")
+    ] = 256,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: "
+                                 "torch's; 1 is fastest on a busy shared machine).")
+    ] = None,
+    step_size: StepSize = None,
+    localization: Localization = None,
+    nbeta: NBeta = None,
+    chains: Chains = None,
+    draws: Draws = None,
+    burnin: Burnin = None,
+    steps_per_draw: StepsPerDraw = None,
+    batch_size: BatchSize = None,
+    preconditioner: Precond = None,
+    seed: Seed = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One (refined) LLC point of a model component on a dataset (no Ray)."""
+    import time
+
+    import torch
+
+    from rllc.jobs.session import CheckpointSession
+    from rllc.jobs.spec import DataOptions, SpecError, check_dataset
+    from rllc.jobs.sweep_plan import expand_checkpoints
+    from rllc.models.checkpoint import CheckpointError
+
+    start = time.perf_counter()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    config = SGLDConfig(**sampler_overrides(
+        step_size=step_size, localization=localization, nbeta=nbeta, chains=chains,
+        draws=draws, burnin=burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
+        preconditioner=preconditioner, seed=seed,
+    ))
+    try:
+        check_dataset(dataset)
+        target = expand_checkpoints([checkpoint])[-1]
+        session = CheckpointSession(target, DataOptions(n_sequences=sequences), device)
+    except SpecError as err:
+        raise UsageError(err.message) from None
+    except (CheckpointError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    result = session.sample(
+        component, dataset, config, progress=not as_json and sys.stderr.isatty()
+    )
+    est = result.llc()
+    out = {
+        "checkpoint": target, "step": session.step, "component": component,
+        "dataset": dataset, "llc_mean": est.llc_mean, "llc_std": est.llc_std,
+        "llc_stderr": est.llc_stderr, "chains": est.chains, "draws": est.draws,
+        "diverged_chains": est.diverged_chains, "seconds": time.perf_counter() - start,
+        "sampling_seconds": result.seconds, "num_weights": result.num_weights,
+        "nbeta": result.nbeta, "init_loss": result.init_loss,
+        "mala_acceptance": _finite_mean(result.mala_acceptance[:, config.burnin:]),
+    }
+    emit(out, as_json, _model_text)
+
+
+def _finite_mean(x: Any) -> float | None:
+    """Mean of the finite entries (the first draw has no MALA estimate), None if none."""
+    import numpy as np
+
+    x = np.asarray(x)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+def _model_text(out: dict[str, Any]) -> str:
+    return (
+        f"{out['checkpoint']} (step {out['step']}), component {out['component']} "
+        f"({out['num_weights']:,} weights), dataset {out['dataset']}\n"
+        f"estimated λ̂ = {out['llc_mean']:.3f} ± {out['llc_stderr']:.3f} (s.e.), "
+        f"std over chains {out['llc_std']:.3f}\n"
+        f"{out['chains']} chains × {out['draws']} draws, nβ = {out['nbeta']:g}, "
+        f"diverged chains: {out['diverged_chains']}, {out['seconds']:.1f} s"
+    )

@@ -112,6 +112,7 @@ def sample(
     *,
     chain_ids: Sequence[int] | None = None,
     init_loss: float | None = None,
+    num_samples: int | None = None,
     progress: bool | Callable[[int, int], None] = False,
 ) -> SamplingResult:
     """Run ``config.chains`` localized SGLD chains around the model's current weights w*.
@@ -126,6 +127,8 @@ def sample(
         chain_ids: which chains to run (default ``range(config.chains)``); chain c's noise
             depends only on ``(seed, c)``.
         init_loss: L_n(w*) if already known (shared by all components of a checkpoint).
+        num_samples: n of L_n when ``data`` is not one row per sample (e.g. sufficient
+            statistics of the whole dataset); default: the rows of ``data``.
         progress: show a tqdm bar on stderr, or a callback ``(step, total_steps)``.
     """
     config = config or SGLDConfig()
@@ -144,7 +147,7 @@ def sample(
     tensors = tuple(t.to(device) for t in tensors)
     frozen = {k: v.detach() for k, v in model.named_parameters()}
     frozen.update({k: v.detach() for k, v in model.named_buffers()})
-    nbeta = config.resolve_nbeta(n)
+    nbeta = config.resolve_nbeta(n if num_samples is None else num_samples)
     gamma, eps = config.localization, config.step_size
 
     names = selection.names
@@ -251,7 +254,7 @@ def sample(
     return SamplingResult(
         config=config,
         nbeta=nbeta,
-        n_samples=n,
+        n_samples=n if num_samples is None else num_samples,
         num_weights=d,
         chain_ids=ids,
         init_loss=float(init_loss),

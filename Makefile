@@ -1,0 +1,32 @@
+# make demo  — set up .venv if missing, run the main job
+# make test  — set up .venv if missing, lint, run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first: 2.13.0 is the CPU wheel; other specs can pull a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[serve,tune,test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/rllc estimate dln --widths 5,4,5 --true-rank 2
+
+test: setup lint
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/chains.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
