@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from . import common, estimate, query
+from . import heads as heads_cli
+from . import train as train_cli
 
 app = typer.Typer(
     name="rllc",
@@ -17,6 +19,8 @@ app = typer.Typer(
 )
 app.add_typer(estimate.app, name="estimate")
 app.command("query")(query.query)
+app.command("train")(train_cli.train_command)
+app.command("heads")(heads_cli.heads_command)
 
 
 @app.callback()

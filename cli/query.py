@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+
 from rllc.store import DEFAULT_STORE, QueryError, StoreError, llc_table, open_store
 
 from .common import JsonFlag, UsageError, emit, handle_errors, table

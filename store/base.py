@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 import xarray as xr
+
 from rllc.estimators.config import SGLDConfig
 
 from .errors import LayoutMismatchError, ReadOnlyStoreError, UnknownGroupError

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
 from rllc.estimators.config import SGLDConfig
 from rllc.estimators.llc import (
     AllChainsDivergedError,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from rllc.estimators.config import SGLDConfig
 
 from .layout import ArraySpec, GroupLayout

@@ -13,6 +13,8 @@ import zlib
 import numpy as np
 import pytest
 import zarr
+from typer.testing import CliRunner
+
 from rllc.estimators import SamplingResult, SGLDConfig
 from rllc.store import (
     CELL_DIMS,
@@ -28,7 +30,6 @@ from rllc.store import (
     open_store,
     open_sweep,
 )
-from typer.testing import CliRunner
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)

@@ -1,0 +1,188 @@
+"""Training: quick runs, checkpoints (local and S3), resume, CLI contract, acceptance."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rllc.cli.main import app
+from rllc.data import load_dataset
+from rllc.jobs.train import QUICK, TrainConfig, load_config, train
+from rllc.models import uri as U
+from rllc.models.checkpoint import load_checkpoint, step_of
+from rllc.models.heads import head_scores
+
+TINY = QUICK.model_copy(update={"steps": 12, "log_checkpoints": 3, "eval_sequences": 8})
+
+
+def test_checkpoint_schedule_is_dense_early():
+    steps = TrainConfig(steps=5000, log_checkpoints=12, checkpoint_every=1000).checkpoint_steps()
+    assert steps[0] == 0 and steps[-1] == 5000
+    assert {1, 2, 1000, 2000, 3000, 4000} <= set(steps)
+    early = [s for s in steps if s <= 100]
+    assert len(early) >= 6  # log spacing: most checkpoints before step 100
+
+
+def test_train_writes_checkpoints_and_resumes(tmp_path):
+    run = str(tmp_path / "run")
+    first = train(TINY, run, progress=False)
+    assert [step_of(c) for c in first.checkpoints] == TINY.checkpoint_steps()
+    assert first.final_step == 12 and first.resumed_from is None
+    assert 0 < first.eval_loss < 10
+    _, tok, meta = load_checkpoint(first.checkpoints[-1])
+    assert meta["step"] == 12 and meta["eval_loss"] == pytest.approx(first.eval_loss)
+    assert tok.get_vocab_size() == TINY.model.d_vocab and meta["data"]["code_max_bytes"] > 0
+    own = load_dataset("train", tok, TINY.model.n_ctx, "eval", 4, seed=0, mix=meta["data"])
+    assert own.shape == (4, TINY.model.n_ctx)  # the model's own mix, as sweeps load it
+
+    # Resuming to more steps continues from step 12 and matches an uninterrupted run.
+    longer = TINY.model_copy(update={"steps": 20})
+    resumed = train(longer, run, progress=False)
+    assert resumed.resumed_from == 12 and resumed.final_step == 20
+    straight = train(longer, str(tmp_path / "straight"), progress=False)
+    a = load_checkpoint(resumed.checkpoints[-1])[0].state_dict()
+    b = load_checkpoint(straight.checkpoints[-1])[0].state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_refuses_another_config(tmp_path):
+    from rllc.jobs.train import RunMismatchError
+
+    train(TINY, str(tmp_path), progress=False)
+    with pytest.raises(RunMismatchError, match="differs in \\['lr'\\]"):
+        train(TINY.model_copy(update={"lr": 0.1}), str(tmp_path), progress=False)
+
+
+def test_load_config_yaml_and_validation(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 7\nmodel: {n_heads: 4}\ndata: {weights: {code: 1.0}}\n")
+    cfg = load_config(path)
+    assert cfg.steps == 7 and cfg.model.n_heads == 4 and cfg.model.d_model == 128
+    assert cfg.data.weights == {"code": 1.0}
+    path.write_text("stepz: 7\n")
+    with pytest.raises(ValueError, match="stepz"):
+        load_config(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_train_to_s3(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        U.reset_client()
+        U._client().create_bucket(Bucket="runs")
+        result = train(TINY, "s3://runs/tiny", progress=False)
+        assert result.checkpoints[-1] == "s3://runs/tiny/ckpt-0000012"
+        model, _, meta = load_checkpoint(result.checkpoints[-1])
+        assert meta["step"] == 12 and model.cfg == TINY.model
+    finally:
+        U.reset_client()
+        server.stop()
+
+
+def test_cli_train_and_heads_json(tmp_path):
+    runner = CliRunner()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(json.dumps(TINY.model_dump(mode="json")))
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"run", "checkpoints", "final_step", "eval_loss", "seconds"} <= set(payload)
+    assert payload["final_step"] == 12 and payload["checkpoints"][-1].endswith("ckpt-0000012")
+
+    res = runner.invoke(app, ["heads", payload["checkpoints"][-1], "--json"])
+    assert res.exit_code == 0, res.output
+    heads = json.loads(res.stdout.strip().splitlines()[-1])["heads"]
+    assert [h["head"] for h in heads] == ["0:0", "0:1", "1:0", "1:1"]
+    for h in heads:
+        assert {"prev_token", "current_token", "induction", "bracket", "class"} <= set(h)
+        assert 0 <= h["prev_token"] <= 1
+
+    res = runner.invoke(app, ["heads", str(out)])  # a run directory: its newest checkpoint
+    assert res.exit_code == 0 and "ckpt-0000012" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [(["train", "missing.yaml"], "config file not found"),
+     (["heads", "no/such/ckpt"], "no checkpoint"),
+     (["heads", ".", "--threshold", "2"], "--threshold")],
+)
+def test_cli_bad_input_exits_2(tmp_path, monkeypatch, args, msg):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    assert msg in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_rejects_invalid_config(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("lr: -1\n")
+    res = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "lr" in res.stderr
+
+
+def test_cli_tampered_checkpoint_exits_2(tmp_path):
+    result = train(TINY, str(tmp_path), progress=False)
+    weights = os.path.join(result.checkpoints[-1], "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    res = CliRunner().invoke(app, ["heads", result.checkpoints[-1]])
+    assert res.exit_code == 2 and "modified or corrupted" in res.stderr
+
+
+@pytest.mark.slow
+def test_default_config_forms_previous_token_and_induction_heads(tmp_path):
+    """Acceptance: the default config trains in ≤ 10 min on 2 CPU cores and ends with a
+    layer-0 previous-token head and a layer-1 induction head (scores ≥ 0.5). About 5 min
+    on an otherwise idle 2-core machine."""
+    start = time.perf_counter()
+    result = train(TrainConfig(), str(tmp_path), progress=True)
+    seconds = time.perf_counter() - start
+    model, tok, meta = load_checkpoint(result.checkpoints[-1])
+    scores = head_scores(model, tok, 128, alphabet=meta["data"].get("induction_vocab"))
+    prev0 = max(s.prev_token for s in scores if s.head.startswith("0:"))
+    ind1 = max(s.induction for s in scores if s.head.startswith("1:"))
+    print(f"seconds={seconds:.0f} eval_loss={result.eval_loss:.3f} prev0={prev0:.2f} "
+          f"ind1={ind1:.2f}")
+    assert seconds <= 600
+    assert prev0 >= 0.5 and ind1 >= 0.5
+
+
+def test_cli_quick_trains_in_under_a_minute(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--quick", "--out", str(tmp_path / "q"), "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert payload["final_step"] == QUICK.steps and payload["seconds"] < 60
+
+
+def test_short_context_warmup_keeps_tokens_per_step():
+    cfg = TrainConfig(short_ctx=32, short_ctx_steps=10)
+    assert cfg.batch_shape(1) == (cfg.batch_size * 2, 32)
+    assert cfg.batch_shape(11) == (cfg.batch_size, cfg.model.n_ctx)
+    with pytest.raises(ValueError, match="short_ctx"):
+        TrainConfig(short_ctx=128)
