@@ -7,11 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first: 2.13.0 is the CPU wheel; other specs can pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[serve,tune,test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[serve,tune,test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
