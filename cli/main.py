@@ -8,6 +8,7 @@ import typer
 
 from . import common, estimate, query
 from . import heads as heads_cli
+from . import sweep as sweep_cli
 from . import train as train_cli
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(estimate.app, name="estimate")
+app.add_typer(sweep_cli.app, name="sweep")
 app.command("query")(query.query)
 app.command("train")(train_cli.train_command)
 app.command("heads")(heads_cli.heads_command)

@@ -11,10 +11,6 @@ import warnings
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
-
 
 def mala_log_acceptance(
     w: torch.Tensor,  # [chain, d] state before the step
@@ -47,18 +43,29 @@ def mala_log_acceptance(
 
 def rhat(x: np.ndarray) -> float:
     """Rank-normalised split R-hat (Vehtari et al. 2021) of ``x[chain, draw]``; NaN if undefined."""
-    return _arviz(az.rhat, x)
+    return _arviz("rhat", x)
 
 
 def ess(x: np.ndarray) -> float:
     """Bulk effective sample size of ``x[chain, draw]``; NaN if undefined."""
-    return _arviz(az.ess, x)
+    return _arviz("ess", x)
 
 
-def _arviz(fn, x: np.ndarray) -> float:
+def arviz_module():
+    """ArviZ, imported on first use: it costs ≈ 2 s, which every Ray worker would pay."""
+    with warnings.catch_warnings():  # ArviZ announces its refactor on import; not our concern.
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def _arviz(name: str, x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] < 4 or not np.isfinite(x).all():
         return float("nan")
+    fn = getattr(arviz_module(), name)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         return float(fn(x))
+

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-with warnings.catch_warnings():  # ArviZ announces its refactor on import; not our concern.
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
+from .diagnostics import arviz_module
 
 
 class AllChainsDivergedError(RuntimeError):
@@ -123,8 +121,10 @@ def _ess_and_mcse(x: np.ndarray) -> tuple[float, float]:
     """Bulk ESS and the standard error of the mean of ``x[chain, draw]`` (NaN if undefined)."""
     if x.shape[1] < 4:
         return float("nan"), float("nan")
+    az = arviz_module()
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         ess = float(az.ess(x, method="mean"))
         mcse = float(az.mcse(x, method="mean"))
     return ess, mcse
+

@@ -1,0 +1,93 @@
+"""The sweep worker: one checkpoint's cells, sampled and written to the store in place.
+
+``CheckpointWorker`` is a plain class, so it runs (and is tested) without Ray; the driver
+turns it into a Ray actor with ``ray.remote(CheckpointWorker).options(num_gpus=…,
+max_restarts=…, max_task_retries=…)``. Each worker holds ONE checkpoint at a time on its
+device (a ``CheckpointSession``: model, loss datasets, shared L_n(w*)) and opens its own
+handle on the store, so traces go from the worker straight to the store and only a small
+summary travels back to the driver.
+
+Cells are idempotent: a cell's traces depend only on (checkpoint, component, dataset,
+seed) and the sweep's config, and ``write_cell`` sets the ``done`` flag after the
+traces. A cell rerun after a crash (Ray retrying a task on a restarted actor) writes the
+same numbers again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import warnings
+from typing import Any
+
+import torch
+
+from rllc.estimators import AllChainsDivergedError, SamplingResult
+from rllc.store import CellKey, open_store
+
+from .session import CheckpointSession
+from .sweep_plan import SweepPlan
+
+
+def cell_summary(key: CellKey, result: SamplingResult) -> dict[str, Any]:
+    """The few numbers of a cell the driver sees (its traces stay in the store)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            est = result.llc()
+        llc_mean, llc_stderr = est.llc_mean, est.llc_stderr
+    except AllChainsDivergedError:  # the traces are still data; the query shows NaN
+        llc_mean = llc_stderr = math.nan
+    return {
+        "cell": tuple(key),
+        "llc_mean": llc_mean,
+        "llc_stderr": llc_stderr,
+        "diverged_chains": int(result.diverged.sum()),
+        "seconds": result.seconds,
+    }
+
+
+class CheckpointWorker:
+    """Samples cells and writes each into the sweep's store, holding one checkpoint at a
+    time: the checkpoint of the cell at hand, loaded on first use and kept for the next
+    cells (the driver sends a checkpoint's cells to one worker in a row).
+
+    Loading lazily, rather than in ``__init__``, keeps a restarted actor correct whatever
+    cells Ray retries on it, and lets one process serve checkpoint after checkpoint
+    without paying its start-up (imports) again.
+    """
+
+    def __init__(self, plan: SweepPlan, threads: int | None = None) -> None:
+        if threads is not None:
+            # Ray sets OMP_NUM_THREADS from num_cpus, but torch may already have read it.
+            torch.set_num_threads(max(1, threads))
+        self.plan = plan
+        self.session: CheckpointSession | None = None
+        self.store = open_store(plan.store)
+
+    def load(self, checkpoint: str) -> CheckpointSession:
+        """The session of ``checkpoint``, replacing the one held before."""
+        if self.session is None or self.session.checkpoint != checkpoint:
+            self.session = None  # free the old model first: one checkpoint per device
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.session = CheckpointSession(checkpoint, self.plan.spec.data)
+        return self.session
+
+    def where(self) -> dict[str, Any]:
+        """Host, process, device and checkpoint of this worker (for logs and tests)."""
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": self.session.device if self.session else None,
+            "checkpoint": self.session.checkpoint if self.session else None,
+        }
+
+    def run_cell(self, key: CellKey) -> dict[str, Any]:
+        """Sample one cell with all its chains, store its traces, return its summary."""
+        key = CellKey(*key)
+        session = self.load(key.checkpoint)
+        result = session.sample(key.component, key.dataset, self.plan.cell_config(key.seed))
+        self.store.write_cell(self.plan.sweep_id, key, result)
+        return cell_summary(key, result)

@@ -1,0 +1,96 @@
+"""One checkpoint loaded on one device, ready to sample cells: the plain-torch half of a
+sweep worker (no Ray), also behind ``rllc estimate model``.
+
+A session loads the model once, draws each loss dataset once, and computes L_n(w*) once
+per dataset: it is the same for every component and seed of the checkpoint (up to the
+config fields ``full_data_loss`` reads), so every cell reuses it via ``init_loss=``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rllc.data.datasets import load_dataset
+from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
+from rllc.models.checkpoint import load_checkpoint
+from rllc.models.components import component_selection
+from rllc.models.objective import lm_objective
+
+from .spec import DataOptions
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible (Ray hides GPUs from actors that asked for none)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class CheckpointSession:
+    """A checkpoint with its loss datasets and cached L_n(w*), sampling one cell at a time."""
+
+    def __init__(
+        self, checkpoint: str, data: DataOptions | None = None, device: str | None = None
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.device = device or default_device()
+        self.model, self.tokenizer, self.meta = load_checkpoint(checkpoint, self.device)
+        self.objective = lm_objective(self.model)
+        self.data = data or DataOptions()
+        n_ctx = self.data.n_ctx or self.model.cfg.n_ctx
+        if n_ctx > self.model.cfg.n_ctx:
+            raise ValueError(
+                f"data.n_ctx ({n_ctx}) exceeds the context length {self.model.cfg.n_ctx} of "
+                f"checkpoint {checkpoint}"
+            )
+        self.n_ctx = n_ctx
+        self._datasets: dict[str, Tensor] = {}
+        self._init_loss: dict[tuple, float] = {}
+
+    @property
+    def step(self) -> int:
+        """The checkpoint's training step."""
+        return int(self.meta["step"])
+
+    def dataset(self, name: str) -> Tensor:
+        """The loss dataset ``name`` as tokens ``[n_sequences, n_ctx]`` on the device;
+        ``train`` is the checkpoint's own training mix (its ``meta["data"]``)."""
+        if name not in self._datasets:
+            tokens = load_dataset(
+                name,
+                self.tokenizer,
+                self.n_ctx,
+                split=self.data.split,
+                n_sequences=self.data.n_sequences,
+                seed=self.data.seed,
+                mix=self.meta.get("data"),
+            )
+            self._datasets[name] = tokens.to(self.device)
+        return self._datasets[name]
+
+    def init_loss(self, name: str, config: SGLDConfig) -> float:
+        """L_n(w*) on dataset ``name``, computed once per distinct input of
+        ``full_data_loss`` (the seed only matters when it subsamples batches)."""
+        sub = config.init_loss_batches
+        key = (name, config.batch_size, sub, config.seed if sub is not None else None)
+        if key not in self._init_loss:
+            params = {k: v.detach() for k, v in self.model.named_parameters()}
+            params |= {k: v.detach() for k, v in self.model.named_buffers()}
+            self._init_loss[key] = full_data_loss(
+                self.objective, params, (self.dataset(name),), config
+            )
+        return self._init_loss[key]
+
+    def sample(
+        self, component: str, dataset: str, config: SGLDConfig, progress=False
+    ) -> SamplingResult:
+        """All ``config.chains`` chains of one cell in one vectorized ``sample`` call."""
+        selection = component_selection(self.model, component)
+        return sample(
+            self.model,
+            self.objective,
+            self.dataset(dataset),
+            selection,
+            config,
+            init_loss=self.init_loss(dataset, config),
+            progress=progress,
+        )

@@ -1,0 +1,226 @@
+"""The sweep spec: one frozen pydantic model, read from a YAML or JSON file.
+
+    name: heads-over-training          # the sweep id (letters, digits, - and _)
+    checkpoints: runs/demo/ckpt-*      # list, glob, run directory, or s3:// URIs
+    components: ["0:*", "1:7", all]    # "L:*" becomes one cell per head (expand_layers)
+    datasets: [train, dyck]            # built-in names or URIs of token arrays / text
+    seeds: [0, 1]
+    sampler: {step_size: 1e-3, localization: 200, nbeta: 30, chains: 4, draws: 200}
+                                       # or: "tuned:<path of a JSON sampler config>"
+    store: ./rllc-store                # or s3://bucket/prefix
+    data: {n_sequences: 256}           # how each loss dataset is drawn
+    resources: {max_workers: 4}        # Ray actors, retries, in-flight bound
+
+Relative paths (checkpoints, store, datasets, ``tuned:``) are relative to the working
+directory, as the default store ``./rllc-store`` is; the driver makes them absolute
+before workers see them. Each cell's seed replaces ``sampler.seed``.
+
+Validation here is pure (no files except a ``tuned:`` sampler); what needs the
+checkpoints (globs, head ranges) is checked by ``rllc.jobs.sweep_plan.resolve``. Every
+error names its field, e.g. ``sampler.step_size: step_size (ε) must be …``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rllc.data.datasets import DATASETS
+from rllc.data.user import is_uri
+from rllc.estimators import SelectionError, SGLDConfig
+from rllc.models.components import parse_component
+from rllc.store import DEFAULT_STORE
+from rllc.store.layout import validate_id
+
+TUNED = "tuned:"
+
+
+class SpecError(ValueError):
+    """A sweep spec is invalid; the message starts with the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+class DataOptions(BaseModel):
+    """How each (checkpoint, dataset) loss dataset is drawn (``rllc.data.load_dataset``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_sequences: int = Field(256, ge=1, description="Sequences in each loss dataset (n).")
+    n_ctx: int | None = Field(
+        None, ge=2, description="Sequence length (default: the model's context length)."
+    )
+    split: Literal["train", "eval"] = Field("eval", description="Data split to draw from.")
+    seed: int = Field(0, description="Seed of the dataset draw (the same for every cell).")
+
+
+class Resources(BaseModel):
+    """What each Ray actor asks for, and how the driver bounds and retries work."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per actor; null: 1 when the cluster has GPUs, else 0 (CPU).",
+    )
+    num_cpus: float = Field(
+        1.0, gt=0, description="CPUs per actor (also its torch thread count)."
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per actor, e.g. {sweep-node: 1} to pin actors to "
+        "nodes that advertise it.",
+    )
+    max_workers: int | None = Field(
+        None, ge=1, description="Most actors at once (null: as many as the cluster fits)."
+    )
+    cells_in_flight: int = Field(
+        2, ge=1, description="Cells submitted to one actor at a time (one runs, the rest wait)."
+    )
+    max_retries: int = Field(
+        2, ge=0, description="Reruns of a failing cell before its failure is recorded."
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="Ray restarts of an actor whose process or node died."
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, x in v.items() if not x > 0 or k in ("CPU", "GPU")]
+        if bad:
+            raise ValueError(
+                f"custom resources need amounts > 0 and names other than CPU/GPU, got {bad}"
+            )
+        return v
+
+
+class SweepSpec(BaseModel):
+    """A sweep: checkpoints × components × datasets × seeds, one SGLD run per cell."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Sweep id: letters, digits, - and _.")
+    checkpoints: list[str] = Field(
+        min_length=1,
+        description="Checkpoint directories, globs or run directories (local or s3://).",
+    )
+    components: list[str] = Field(
+        min_length=1, description='Components: "L:H", "L:*", all, embed, unembed, patterns.'
+    )
+    expand_layers: bool = Field(
+        True, description='Split each "L:*" into one cell per head "L:0", "L:1", …'
+    )
+    datasets: list[str] = Field(
+        default_factory=lambda: ["train"], min_length=1, description="Dataset names or URIs."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sampler: SGLDConfig = Field(
+        default_factory=SGLDConfig,
+        description="SGLD settings (each cell's seed replaces sampler.seed), or the string "
+        "'tuned:<path>' of a JSON file holding them (e.g. `rllc tune --json` output).",
+    )
+    store: str = Field(DEFAULT_STORE, description="Trace store: a path or s3://bucket/prefix.")
+    data: DataOptions = Field(default_factory=DataOptions)
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_id(v)
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("checkpoints", "components", "datasets", "seeds")
+    @classmethod
+    def _unique(cls, v: list, info) -> list:
+        dupes = sorted({str(x) for x in v if v.count(x) > 1})
+        if dupes:
+            raise ValueError(f"duplicate {info.field_name}: {', '.join(dupes)}")
+        return v
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, v: list[str]) -> list[str]:
+        for text in v:
+            try:
+                parse_component(text)
+            except SelectionError as err:
+                raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_dataset(name)
+        return v
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _tuned(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.startswith(TUNED):
+                raise ValueError(f"expected a mapping of SGLD settings or 'tuned:<path>', got {v!r}")
+            return read_tuned(v.removeprefix(TUNED))
+        return v
+
+
+def check_dataset(name: str) -> str:
+    """``name`` if it is a built-in dataset or looks like a URI, else ``ValueError``."""
+    if name not in DATASETS and not is_uri(name):
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, or a "
+            "path / s3:// URI of a text file, .npy or Zarr token array"
+        )
+    return name
+
+
+def read_tuned(path: str) -> dict[str, Any]:
+    """The sampler config in a JSON file: either the config itself or a tune result with
+    the config under ``best`` (what ``rllc tune --json`` prints)."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"tuned sampler file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"tuned sampler file {path} is not valid JSON ({err.msg})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("best"), dict):
+        loaded = loaded["best"]
+    if not isinstance(loaded, dict):
+        raise ValueError(f"tuned sampler file {path} does not hold a JSON object")
+    return loaded
+
+
+def parse_spec(data: Any) -> SweepSpec:
+    """Validate a spec mapping; errors become one ``SpecError`` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise SpecError("spec", f"expected a mapping of sweep fields, got {type(data).__name__}")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(x) for x in first["loc"]) or "spec"
+        raise SpecError(field, first["msg"].removeprefix("Value error, ")) from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a YAML or JSON spec file (JSON is YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError("spec", f"{path} is not valid YAML or JSON ({type(err).__name__})") from None
+    return parse_spec(data)
