@@ -6,9 +6,15 @@ chain's loss and gradient in one call. Only the selected entries are ever copied
 differentiated; everything else is read from the frozen w*.
 
 Reproducibility: chain ``c`` draws its noise from its own generator seeded by
-``(seed, c)``, and minibatch order depends on ``seed`` alone (or on ``(seed, c)`` with
-``independent_batches``), so chain ``c`` of a batched run equals a one-chain run with
-``chain_ids=[c]`` up to floating-point reassociation in the batched kernels.
+``(seed, c)`` (``(seed, c, *noise_key)`` when a component key is given), and minibatch
+order depends on ``seed`` alone (or on ``(seed, c)`` with ``independent_batches``), so
+chain ``c`` of a batched run equals a one-chain run with ``chain_ids=[c]`` up to
+floating-point reassociation in the batched kernels.
+
+The SGLD loop itself (``run_sgld``) only needs a step function giving each row's loss and
+gradient; ``sample`` builds the general one (vmap over ``functional_call``), and
+specialised samplers (``rllc.models.fastpath`` for attention heads) supply their own, so
+every path shares the update, the recorded traces and the divergence rule.
 """
 
 from __future__ import annotations
@@ -103,6 +109,40 @@ def _seed(*keys: int) -> int:
 _NOISE, _BATCH = 1, 2  # stream tags for per-purpose seeds
 
 
+#: ``step(theta[row, d], batch, need_star) → (∇L_B[row, d], L_B[row], L_B(w*)[row] | None)``:
+#: loss and gradient of every row (chain) at its sampled weights on one minibatch, and, when
+#: ``need_star``, L_B(w*) of each row's minibatch (the paired baseline; None otherwise).
+StepFn = Callable[[Tensor, object, bool], tuple[Tensor, Tensor, Tensor | None]]
+
+
+def noise_seed(seed: int, chain: int, key: Sequence[int] = ()) -> int:
+    """Seed of chain ``chain``'s noise generator: a function of ``(seed, chain, *key)`` only.
+
+    ``key`` names the component when several are sampled as one batch (e.g. a head's
+    ``(layer, head)``), so a row of a multi-component run equals a one-component run with
+    the same key; the default ``()`` is the plain per-chain stream."""
+    return _seed(seed, _NOISE, chain, *key)
+
+
+class MinibatchStream:
+    """Minibatch indices for one run: ``next()`` → ``[B]`` shared by all chains, or
+    ``[chain, B]`` with ``config.independent_batches`` (chain c's stream seeded by
+    ``(seed, c)``). Order depends only on the seed and chain ids, never on the model."""
+
+    def __init__(self, n: int, config: SGLDConfig, chain_ids: Sequence[int]) -> None:
+        self.independent = config.independent_batches
+        if self.independent:
+            self.streams = [_Batches(n, config.batch_size, _seed(config.seed, _BATCH, c))
+                            for c in chain_ids]
+        else:
+            self.streams = [_Batches(n, config.batch_size, _seed(config.seed, _BATCH))]
+
+    def next(self) -> Tensor:
+        if not self.independent:
+            return next(self.streams[0])
+        return torch.stack([next(s) for s in self.streams])
+
+
 def sample(
     model: nn.Module,
     objective: Objective,
@@ -113,6 +153,7 @@ def sample(
     chain_ids: Sequence[int] | None = None,
     init_loss: float | None = None,
     num_samples: int | None = None,
+    noise_key: Sequence[int] = (),
     progress: bool | Callable[[int, int], None] = False,
 ) -> SamplingResult:
     """Run ``config.chains`` localized SGLD chains around the model's current weights w*.
@@ -129,6 +170,8 @@ def sample(
         init_loss: L_n(w*) if already known (shared by all components of a checkpoint).
         num_samples: n of L_n when ``data`` is not one row per sample (e.g. sufficient
             statistics of the whole dataset); default: the rows of ``data``.
+        noise_key: extra integers mixed into every chain's noise seed (``noise_seed``);
+            multi-head runs (``rllc.models.fastpath``) key each head by ``(layer, head)``.
         progress: show a tqdm bar on stderr, or a callback ``(step, total_steps)``.
     """
     config = config or SGLDConfig()
@@ -148,7 +191,6 @@ def sample(
     frozen = {k: v.detach() for k, v in model.named_parameters()}
     frozen.update({k: v.detach() for k, v in model.named_buffers()})
     nbeta = config.resolve_nbeta(n if num_samples is None else num_samples)
-    gamma, eps = config.localization, config.step_size
 
     names = selection.names
     index = {k: (v.to(device) if v is not None else None) for k, v in selection.entries.items()}
@@ -172,84 +214,30 @@ def sample(
     batch_dim = 0 if config.independent_batches else None
     grad_and_loss = vmap(grad_and_value(loss_of), in_dims=(0, batch_dim))
     loss_at_star = vmap(lambda b: objective(frozen, b)) if config.independent_batches else None
-
-    if config.independent_batches:
-        streams = [_Batches(n, config.batch_size, _seed(config.seed, _BATCH, c)) for c in ids]
-    else:
-        streams = [_Batches(n, config.batch_size, _seed(config.seed, _BATCH))]
-    gens = [_generator(device, _seed(config.seed, _NOISE, c)) for c in ids]
+    stream = MinibatchStream(n, config, ids)
 
     def next_batch() -> Batch:
-        if not config.independent_batches:
-            idx = next(streams[0]).to(device)
-            return tuple(t[idx] for t in tensors)
-        idxs = [next(s).to(device) for s in streams]
-        return tuple(torch.stack([t[i] for i in idxs]) for t in tensors)
+        idx = stream.next().to(device)  # [B] or [chain, B]
+        return tuple(t[idx] for t in tensors)
+
+    def step(theta: Tensor, batch: Batch, need_star: bool):
+        with torch.enable_grad():
+            grad_loss, loss = grad_and_loss(theta, batch)  # [chain, d], [chain]
+        star = None
+        if need_star:
+            star = (
+                loss_at_star(batch)
+                if config.independent_batches
+                else objective(frozen, batch).expand(n_chains)
+            )
+        return grad_loss, loss, star
 
     if init_loss is None:
         init_loss = full_data_loss(objective, frozen, tensors, config)
 
-    theta = w_star.expand(n_chains, d).clone()  # [chain, d]
-    sq_avg = torch.zeros_like(theta)
-    n_draws, spd = config.draws, config.steps_per_draw
-    rec = {k: torch.full((n_chains, n_draws), math.nan) for k in
-           ("loss", "batch_init_loss", "distance", "grad_norm", "mala_acceptance")}
-    # (theta, U − nβ·L_B(w*), ∇U) of the step before a draw, for the MALA estimate
-    prev: tuple[Tensor, Tensor, Tensor] | None = None
-
-    bar, callback = _progress(progress, config.total_steps)
-    start = time.perf_counter()
-    with torch.no_grad():
-        for step in range(config.total_steps):
-            batch = next_batch()
-            with torch.enable_grad():
-                grad_loss, loss = grad_and_loss(theta, batch)  # [chain, d], [chain]
-            offset = theta - w_star
-            grad_u = nbeta * grad_loss + gamma * offset  # ∇U, U = nβ·L_B + (γ/2)‖w − w*‖²
-            u = nbeta * loss + 0.5 * gamma * offset.square().sum(-1)
-            if config.preconditioner == "rmsprop":
-                sq_avg.mul_(config.rmsprop_alpha).addcmul_(
-                    grad_u, grad_u, value=1 - config.rmsprop_alpha
-                )
-                precond = 1.0 / (config.rmsprop_eps + sq_avg.sqrt())
-            else:
-                precond = torch.ones_like(theta)
-
-            is_draw = (step + 1) % spd == 0
-            if is_draw or (step + 2) % spd == 0:  # a draw, or the step before one (MALA)
-                # L_B(w*) on this batch: the paired estimator's baseline, and the offset that
-                # makes potentials of different minibatches comparable for MALA.
-                star = (
-                    loss_at_star(batch)
-                    if config.independent_batches
-                    else objective(frozen, batch).expand(n_chains)
-                )
-                u_rel = u - nbeta * star  # U(w) − nβ·L_B(w*)
-            if is_draw:
-                j = step // spd
-                rec["loss"][:, j] = loss.float().cpu()
-                rec["batch_init_loss"][:, j] = star.float().cpu()
-                rec["distance"][:, j] = offset.norm(dim=-1).float().cpu()
-                rec["grad_norm"][:, j] = grad_loss.norm(dim=-1).float().cpu()
-                if prev is not None:
-                    log_a = mala_log_acceptance(
-                        prev[0], theta, prev[1], u_rel, prev[2], grad_u, eps, precond
-                    )
-                    rec["mala_acceptance"][:, j] = log_a.exp().float().cpu()
-
-            noise = torch.stack(
-                [torch.randn(d, generator=g, device=device, dtype=theta.dtype) for g in gens]
-            )
-            prev = (theta, u_rel, grad_u) if (step + 2) % spd == 0 else None
-            theta = theta - 0.5 * eps * precond * grad_u + (eps * precond).sqrt() * noise
-            callback(step + 1)
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - start
-
-    traces = {k: v.numpy().astype(np.float64) for k, v in rec.items()}
-    diverged = _diverged(
-        traces["loss"], traces["batch_init_loss"], nbeta, config.divergence_factor * d
+    seeds = [noise_seed(config.seed, c, noise_key) for c in ids]
+    traces, diverged, seconds = run_sgld(
+        step, w_star.expand(n_chains, d), next_batch, seeds, config, nbeta, progress
     )
     return SamplingResult(
         config=config,
@@ -262,6 +250,89 @@ def sample(
         seconds=seconds,
         **traces,
     )
+
+
+def run_sgld(
+    step: StepFn,
+    w_star: Tensor,
+    next_batch: Callable[[], object],
+    seeds: Sequence[int],
+    config: SGLDConfig,
+    nbeta: float,
+    progress: bool | Callable[[int, int], None] = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
+    """The SGLD loop shared by every sampler: rows (chains, or chains × components) of
+    ``theta[row, d]`` advance together from ``w_star[row, d]``.
+
+        Δw = (ε/2)·G·(−nβ·∇L_B(w) − γ·(w − w*)) + N(0, ε·G)
+
+    ``step`` supplies loss and gradient per row (see ``StepFn``); row r's noise comes from a
+    generator seeded by ``seeds[r]``. Returns the traces ``{name: [row, draw]}``, the
+    diverged flags ``[row]`` and the wall time in seconds.
+    """
+    n_rows, d = w_star.shape
+    device, dtype = w_star.device, w_star.dtype
+    gamma, eps = config.localization, config.step_size
+    gens = [_generator(device, s) for s in seeds]
+    theta = w_star.clone()  # [row, d]
+    sq_avg = torch.zeros_like(theta)
+    n_draws, spd = config.draws, config.steps_per_draw
+    rec = {k: torch.full((n_rows, n_draws), math.nan) for k in
+           ("loss", "batch_init_loss", "distance", "grad_norm", "mala_acceptance")}
+    # (theta, U − nβ·L_B(w*), ∇U) of the step before a draw, for the MALA estimate
+    prev: tuple[Tensor, Tensor, Tensor] | None = None
+
+    bar, callback = _progress(progress, config.total_steps)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(config.total_steps):
+            batch = next_batch()
+            is_draw = (i + 1) % spd == 0
+            # L_B(w*) on this batch is needed at a draw (the paired estimator's baseline) and
+            # the step before one (it makes potentials of different minibatches comparable
+            # for MALA).
+            need_star = is_draw or (i + 2) % spd == 0
+            grad_loss, loss, star = step(theta, batch, need_star)  # [row, d], [row], [row]
+            offset = theta - w_star
+            grad_u = nbeta * grad_loss + gamma * offset  # ∇U, U = nβ·L_B + (γ/2)‖w − w*‖²
+            u = nbeta * loss + 0.5 * gamma * offset.square().sum(-1)
+            if config.preconditioner == "rmsprop":
+                sq_avg.mul_(config.rmsprop_alpha).addcmul_(
+                    grad_u, grad_u, value=1 - config.rmsprop_alpha
+                )
+                precond = 1.0 / (config.rmsprop_eps + sq_avg.sqrt())
+            else:
+                precond = torch.ones_like(theta)
+
+            if need_star:
+                u_rel = u - nbeta * star  # U(w) − nβ·L_B(w*)
+            if is_draw:
+                j = i // spd
+                rec["loss"][:, j] = loss.float().cpu()
+                rec["batch_init_loss"][:, j] = star.float().cpu()
+                rec["distance"][:, j] = offset.norm(dim=-1).float().cpu()
+                rec["grad_norm"][:, j] = grad_loss.norm(dim=-1).float().cpu()
+                if prev is not None:
+                    log_a = mala_log_acceptance(
+                        prev[0], theta, prev[1], u_rel, prev[2], grad_u, eps, precond
+                    )
+                    rec["mala_acceptance"][:, j] = log_a.exp().float().cpu()
+
+            noise = torch.stack(
+                [torch.randn(d, generator=g, device=device, dtype=dtype) for g in gens]
+            )
+            prev = (theta, u_rel, grad_u) if (i + 2) % spd == 0 else None
+            theta = theta - 0.5 * eps * precond * grad_u + (eps * precond).sqrt() * noise
+            callback(i + 1)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start
+
+    traces = {k: v.numpy().astype(np.float64) for k, v in rec.items()}
+    diverged = _diverged(
+        traces["loss"], traces["batch_init_loss"], nbeta, config.divergence_factor * d
+    )
+    return traces, diverged, seconds
 
 
 def full_data_loss(

@@ -1,0 +1,389 @@
+"""rllc against devinterp on one 16-head wrLLC point of the paper-shaped model.
+
+Both libraries sample the same function (rllc's weights loaded into a TransformerLens
+``HookedTransformer``, logits checked to agree to 1e-4), on the same data, batch size and
+SGLD hyperparameters (ε = 1e-3, γ = 200, nβ = 30, 4 chains, L(w*) from 32 batches), each
+restricting weights its own way (devinterp: ``create_param_masks(model, "l0h1")``; rllc:
+``sample_heads``). The two sides run alternately in one process and the median ratio of
+their times is reported, with both sets of estimates (2-standard-error agreement rule of
+CLI.md) and rllc's achieved GFLOP/s against a matmul peak measured here.
+
+By default both sides run the same few draws (devinterp only on a subset of heads, one
+or more per layer; rllc on all 16, since it batches a layer's heads) and the time of the
+full 16 heads × 4 chains × 200 draws point is extrapolated from the measured per-step
+times (the output says so); ``--full`` runs the whole point on both sides (≈ 2 h of
+devinterp on a 2-core CPU).
+
+    python benchmarks/vs_devinterp.py [--full] [--draws 8] [--heads 0:1,1:6] [--repeats 3]
+                                      [--precision bfloat16|float32] [--json]
+
+Needs the optional extra ``bench`` (devinterp 2.0.1, transformer-lens 3.9.0); it is
+installed with pip into this interpreter if missing (``--no-install`` to refuse), or by
+hand: ``pip install -e '.[bench]' torch==$(python -c 'import torch; print(torch.__version__)')``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before torch loads OpenMP: on a shared 2-core machine, spinning OpenMP workers turn
+# every parallel region into a wait for a descheduled thread. Both sides run with it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TQDM_DISABLE", "1")  # devinterp's per-chain bars
+
+import argparse
+import importlib.util
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rllc.estimators import SGLDConfig, summarize
+from rllc.models import AttentionOnlyTransformer, TransformerConfig, lm_loss
+from rllc.models.fastpath import sample_heads
+
+BENCH_EXTRA = ["devinterp==2.0.1", "transformer-lens==3.9.0"]
+PAPER = TransformerConfig(n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=256,
+                          d_vocab=5000, positional="residual")
+BATCH, CHAINS, FULL_DRAWS, INIT_BATCHES = 16, 4, 200, 32
+EPS, GAMMA, NBETA = 1e-3, 200.0, 30.0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_bench_extra(install: bool) -> None:
+    """Import devinterp and TransformerLens, pip-installing the ``bench`` extra if asked."""
+    missing = [m for m in ("devinterp", "transformer_lens") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    torch_pin = f"torch=={torch.__version__.split('+')[0]}"  # keep this torch build
+    cmd = [sys.executable, "-m", "pip", "install", *BENCH_EXTRA, torch_pin]
+    if not install:
+        sys.exit(f"missing {', '.join(missing)}: run `{' '.join(cmd)}` "
+                 "(or pip install -e '.[bench]')")
+    log(f"installing the bench extra: {' '.join(cmd)}")
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+
+
+# ---- the model and its data ------------------------------------------------------------
+
+def synthetic_tokens(n: int, seed: int) -> torch.Tensor:
+    """``[n, n_ctx]`` tokens with structure a 2-layer attention model can learn: Zipfian
+    unigrams, and with probability 0.6 token t is a fixed function of token t−1 or t−2
+    (bigram and skip-bigram tables)."""
+    g = torch.Generator().manual_seed(seed)
+    V, T = PAPER.d_vocab, PAPER.n_ctx
+    zipf = 1.0 / torch.arange(1, V + 1, dtype=torch.float64)
+    tokens = torch.multinomial(zipf / zipf.sum(), n * T, replacement=True, generator=g)
+    tokens = tokens.view(n, T)
+    table = torch.Generator().manual_seed(12345)  # the same rules for every split
+    bigram, skip = torch.randperm(V, generator=table), torch.randperm(V, generator=table)
+    for t in range(2, T):
+        u = torch.rand(n, generator=g)
+        tokens[:, t] = torch.where(u < 0.3, bigram[tokens[:, t - 1]],
+                                   torch.where(u < 0.6, skip[tokens[:, t - 2]], tokens[:, t]))
+    return tokens
+
+
+def trained_model(steps: int) -> AttentionOnlyTransformer:
+    """The paper-shaped model after ``steps`` AdamW steps on synthetic data (so that w* sits
+    near a minimum and the heads carry signal); random init if ``steps`` is 0."""
+    torch.manual_seed(0)
+    model = AttentionOnlyTransformer(PAPER)
+    if steps:
+        data = synthetic_tokens(steps * BATCH, seed=1)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+        for i in range(steps):
+            batch = data[i * BATCH : (i + 1) * BATCH]
+            loss = lm_loss(model(batch), batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        log(f"trained {steps} steps: loss {loss.item():.3f}")
+    return model.eval()
+
+
+def to_transformer_lens(model: AttentionOnlyTransformer):
+    """The same function as a TransformerLens ``HookedTransformer`` (attn_only, LN, learned
+    positions added to the residual stream), weights copied from rllc's fused layout."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = model.cfg
+    tl_cfg = HookedTransformerConfig(
+        n_layers=cfg.n_layers, d_model=cfg.d_model, n_ctx=cfg.n_ctx, d_head=cfg.d_head,
+        n_heads=cfg.n_heads, d_vocab=cfg.d_vocab, attn_only=True, normalization_type="LN",
+        positional_embedding_type="standard", act_fn=None, device="cpu", seed=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "HookedTransformer is deprecated" (TL 3.x)
+        tl = HookedTransformer(tl_cfg)
+    state = {"embed.W_E": model.embed.weight, "pos_embed.W_pos": model.pos_embed.weight,
+             "ln_final.w": model.ln_final.weight, "ln_final.b": model.ln_final.bias,
+             "unembed.W_U": model.unembed.weight.T, "unembed.b_U": model.unembed.bias}
+    for layer in range(cfg.n_layers):
+        state[f"blocks.{layer}.ln1.w"] = model.blocks[layer].ln.weight
+        state[f"blocks.{layer}.ln1.b"] = model.blocks[layer].ln.bias
+        for name, tensor in model.head_views(layer).items():
+            state[f"blocks.{layer}.attn.{name}"] = tensor
+    missing, unexpected = tl.load_state_dict(
+        {k: v.detach().clone().contiguous() for k, v in state.items()}, strict=False)
+    if unexpected or any(not k.endswith((".mask", ".IGNORE")) for k in missing):
+        raise RuntimeError(f"weight mapping incomplete: missing {missing}, extra {unexpected}")
+    return tl
+
+
+def check_same_function(model, tl, tokens: torch.Tensor) -> float:
+    with torch.no_grad():
+        diff = float((tl(tokens, return_type="logits") - model(tokens)).abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"TransformerLens logits differ from rllc's by {diff:.2e} > 1e-4")
+    return diff
+
+
+# ---- the two samplers ----------------------------------------------------------------
+
+@dataclass
+class Run:
+    total_s: float  # wall time of the whole call(s)
+    step_s: dict[int, float]  # seconds per (head, chain) SGLD step, by layer
+    fixed_s: float  # work outside SGLD steps: per head (devinterp) or per point (rllc)
+    llc: dict[str, tuple[float, float]]  # head → (λ̂, standard error)
+    flops_per_step: dict[int, float] | None = None  # rllc: per (head, chain) step
+
+
+def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdir: str) -> Run:
+    """devinterp's ``llc`` once per head (its chains run one after another)."""
+    from datasets import Dataset
+    from devinterp.slt import sampling
+    from devinterp.slt.llc import llc
+    from devinterp.slt.weight_restrictions import create_param_masks
+
+    # Time each chain's SGLD steps (first evaluation to return) apart from devinterp's
+    # per-head and per-chain setup (L(w*) per chain, model copies, Zarr stores).
+    steps = {"s": 0.0}
+    original = sampling.sample_single_chain
+
+    def timed_chain(*args, evaluate, **kwargs):
+        first: list[float] = []
+
+        def timed_evaluate(*a, **k):
+            if not first:
+                first.append(time.perf_counter())
+            return evaluate(*a, **k)
+
+        try:
+            return original(*args, evaluate=timed_evaluate, **kwargs)
+        finally:
+            steps["s"] += time.perf_counter() - first[0] if first else 0.0
+
+    dataset = Dataset.from_dict({"input_ids": tokens.numpy()}).with_format("torch")
+    per_step: dict[int, list[float]] = {}
+    fixed, estimates = [], {}
+    sampling.sample_single_chain = timed_chain
+    try:
+        start_all = time.perf_counter()
+        for head in heads:
+            layer, h = (int(x) for x in head.split(":"))
+            out = os.path.join(workdir, f"devinterp-{layer}-{h}.zarr")
+            steps["s"] = 0.0
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = llc(tl, dataset, {}, lr=EPS, n_beta=NBETA, localization=GAMMA,
+                          param_masks=create_param_masks(tl, f"l{layer}h{h}"),
+                          num_chains=CHAINS, num_draws=draws, batch_size=BATCH,
+                          num_init_loss_batches=INIT_BATCHES, output_path=out)
+            seconds = time.perf_counter() - start
+            trace = np.asarray(res.loss_trace.values, dtype=np.float64)  # [chain, step]
+            est = summarize(NBETA * (trace - float(res.init_loss)))
+            estimates[head] = (est.llc_mean, est.llc_stderr)
+            shutil.rmtree(out, ignore_errors=True)  # devinterp never deletes its Zarr store
+            per_step.setdefault(layer, []).append(steps["s"] / (CHAINS * draws))
+            fixed.append(seconds - steps["s"])
+        total = time.perf_counter() - start_all
+    finally:
+        sampling.sample_single_chain = original
+    return Run(total, {k: statistics.mean(v) for k, v in per_step.items()},
+               statistics.mean(fixed), estimates)
+
+
+def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precision: str) -> Run:
+    """rllc's ``sample_heads``: L(w*) once, then each layer's heads × chains as one batch."""
+    cfg = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=NBETA, chains=CHAINS,
+                     draws=draws, batch_size=BATCH, init_loss_batches=INIT_BATCHES)
+    start = time.perf_counter()
+    results = sample_heads(model, tokens, heads, cfg, precision=precision)
+    total = time.perf_counter() - start
+    batches: dict[int, tuple[float, float, int]] = {}  # layer → (seconds, flops/step, heads)
+    for head, res in results.items():
+        layer = int(head.split(":")[0])
+        n = len(res.extra["batch_heads"])
+        batches[layer] = (res.extra["batch_seconds"], res.extra["flops_per_step"] * n, n)
+    step_s = {layer: s / (draws * CHAINS * n) for layer, (s, _, n) in batches.items()}
+    flops = {layer: f / (CHAINS * n) for layer, (_, f, n) in batches.items()}
+    fixed = total - sum(s for s, _, _ in batches.values())
+    estimates = {h: (r.llc().llc_mean, r.llc().llc_stderr) for h, r in results.items()}
+    return Run(total, step_s, fixed, estimates, flops)
+
+
+def full_point_seconds(run: Run, heads_per_layer: int, per_head_fixed: bool) -> float:
+    """Seconds for 16 heads × 4 chains × 200 draws from measured per-step times."""
+    steps = heads_per_layer * CHAINS * FULL_DRAWS
+    fixed = run.fixed_s * (heads_per_layer * len(run.step_s) if per_head_fixed else 1)
+    return fixed + sum(s * steps for s in run.step_s.values())
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n×n×n ``torch.mm`` in ``dtype`` on this machine."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """CLI.md: a ± SEa and b ± SEb agree when |a − b| ≤ 2·√(SEa² + SEb²)."""
+    return abs(a[0] - b[0]) <= 2 * math.hypot(a[1], b[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true",
+                        help="all 16 heads × 200 draws on both sides (hours on a CPU)")
+    parser.add_argument("--draws", type=int, default=8, help="draws per chain (default 8)")
+    parser.add_argument("--heads", default="0:1,1:6",
+                        help="heads devinterp samples when not --full (≥ one per layer)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed repeats")
+    parser.add_argument("--precision", choices=["bfloat16", "float32"], default="bfloat16",
+                        help="rllc's matmul precision (bfloat16: bf16 operands, fp32 "
+                        "accumulation; float32: exact)")
+    parser.add_argument("--train-steps", type=int, default=100,
+                        help="AdamW steps before sampling (0: random init)")
+    parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
+    parser.add_argument("--no-install", action="store_true",
+                        help="fail instead of pip-installing the bench extra")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    ensure_bench_extra(not args.no_install)
+    all_heads = PAPER.head_ids
+    draws = FULL_DRAWS if args.full else args.draws
+    dev_heads = all_heads if args.full else [h.strip() for h in args.heads.split(",")]
+    if {int(h.split(":")[0]) for h in dev_heads} != set(range(PAPER.n_layers)):
+        sys.exit("--heads needs at least one head of every layer (per-layer step times differ)")
+    threads = torch.get_num_threads()
+    log(f"{threads} threads; measuring matmul peaks")
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+
+    model = trained_model(args.train_steps)
+    tokens = synthetic_tokens(args.samples, seed=2)
+    tl = to_transformer_lens(model)
+    logit_diff = check_same_function(model, tl, tokens[:4])
+    log(f"TransformerLens logits agree with rllc's to {logit_diff:.1e}")
+    # compile rllc's kernels before timing (once per process, like imports)
+    rllc_run(model, tokens[:64], ["0:0", "1:0"], 1, args.precision)
+
+    workdir = tempfile.mkdtemp(prefix="rllc-vs-devinterp-")
+    dev_runs, rllc_runs, ratios = [], [], []
+    try:
+        for rep in range(args.repeats):
+            order = ("devinterp", "rllc") if rep % 2 == 0 else ("rllc", "devinterp")
+            for side in order:
+                log(f"repeat {rep + 1}/{args.repeats}: {side}")
+                if side == "devinterp":
+                    dev_runs.append(devinterp_run(tl, tokens, dev_heads, draws, workdir))
+                else:
+                    rllc_runs.append(rllc_run(model, tokens, all_heads, draws, args.precision))
+            d, r = dev_runs[-1], rllc_runs[-1]
+            if args.full:
+                ratios.append(d.total_s / r.total_s)
+            else:
+                per_layer = PAPER.n_heads
+                ratios.append(full_point_seconds(d, per_layer, True)
+                              / full_point_seconds(r, per_layer, False))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    speedup = statistics.median(ratios)
+    med = lambda runs, layer: statistics.median(x.step_s[layer] for x in runs)  # noqa: E731
+    layers = range(PAPER.n_layers)
+    dev_full = statistics.median(full_point_seconds(x, PAPER.n_heads, True) for x in dev_runs)
+    rllc_full = statistics.median(full_point_seconds(x, PAPER.n_heads, False)
+                                  for x in rllc_runs)
+    flops = rllc_runs[0].flops_per_step
+    gflops = (sum(flops[layer] for layer in layers)
+              / sum(med(rllc_runs, layer) for layer in layers) / 1e9)
+    peak = peaks[args.precision]
+    dev_est, rllc_est = dev_runs[0].llc, rllc_runs[0].llc
+    compared = [h for h in all_heads if h in dev_est]
+    agreeing = sum(agree(dev_est[h], rllc_est[h]) for h in compared)
+
+    print(f"rllc vs devinterp 2.0.1: paper-shaped model (d_model {PAPER.d_model}, "
+          f"{PAPER.n_layers} × {PAPER.n_heads} heads, context {PAPER.n_ctx}, vocabulary "
+          f"{PAPER.d_vocab}), batch {BATCH}, ε={EPS}, γ={GAMMA:g}, nβ={NBETA:g}, "
+          f"{CHAINS} chains, {threads} threads, rllc precision {args.precision}")
+    if args.full:
+        print(f"full point: {len(all_heads)} heads × {CHAINS} chains × {draws} draws on both "
+              "sides")
+    else:
+        print(f"MEASURED on {draws} draws per chain (devinterp: heads {', '.join(dev_heads)}; "
+              f"rllc: all {len(all_heads)}), EXTRAPOLATED per step to the full point "
+              f"({len(all_heads)} heads × {CHAINS} chains × {FULL_DRAWS} draws)")
+    print(f"\n{'':24}{'devinterp':>12}{'rllc':>12}{'ratio':>9}")
+    for layer in layers:
+        d, r = med(dev_runs, layer), med(rllc_runs, layer)
+        print(f"{f'step, layer-{layer} head (s)':24}{d:12.3f}{r:12.4f}{d / r:8.1f}×")
+    print(f"{'full point (s)':24}{dev_full:12.0f}{rllc_full:12.0f}{dev_full / rllc_full:8.1f}×")
+    print(f"speedup (median of {args.repeats} alternating repeats): {speedup:.1f}×  "
+          f"(each: {', '.join(f'{x:.1f}' for x in ratios)})")
+    print(f"rllc: {gflops:.0f} GFLOP/s (matmul FLOPs of its steps) against a measured "
+          f"{args.precision} matmul peak of {peak:.0f} GFLOP/s ({100 * gflops / peak:.0f}%); "
+          f"fp32 peak {peaks['float32']:.0f}, bf16 peak {peaks['bfloat16']:.0f}")
+    print(f"\n{'head':6}{'devinterp λ̂ ± SE':>22}{'rllc λ̂ ± SE':>22}  agree (2 SE)")
+    for h in all_heads:
+        dv = f"{dev_est[h][0]:9.2f} ± {dev_est[h][1]:5.2f}" if h in dev_est else "—"
+        rv = f"{rllc_est[h][0]:9.2f} ± {rllc_est[h][1]:5.2f}"
+        ok = ("yes" if agree(dev_est[h], rllc_est[h]) else "NO") if h in dev_est else ""
+        print(f"{h:6}{dv:>22}{rv:>22}  {ok}")
+    print(f"heads agreeing: {agreeing} of {len(compared)} compared")
+    if args.json:
+        print(json.dumps({
+            "speedup": speedup,
+            "heads_agreeing": agreeing,
+            "heads_compared": len(compared),
+            "gflops": gflops,
+            "peak_gflops": peak,
+            "peak_gflops_fp32": peaks["float32"],
+            "peak_gflops_bf16": peaks["bfloat16"],
+            "precision": args.precision,
+            "extrapolated": not args.full,
+            "draws": draws,
+            "repeats": args.repeats,
+            "ratios": ratios,
+            "devinterp_step_s": {str(k): med(dev_runs, k) for k in layers},
+            "rllc_step_s": {str(k): med(rllc_runs, k) for k in layers},
+            "devinterp_full_point_s": dev_full,
+            "rllc_full_point_s": rllc_full,
+            "threads": threads,
+            "estimates": {h: {"rllc": rllc_est[h], "devinterp": dev_est.get(h)}
+                          for h in all_heads},
+        }))
+
+
+if __name__ == "__main__":
+    main()

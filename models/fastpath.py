@@ -1,0 +1,266 @@
+"""Weight-refined LLCs of many attention heads at once: the entry point sweeps call.
+
+    results = sample_heads(model, tokens, ["0:*", "1:*"], SGLDConfig(...))
+    results["1:6"].llc().llc_mean            # one SamplingResult per head
+
+Heads of one layer run as one batch of rows (head, chain) through ``HeadLayerStep``
+(``rllc.models.head_step``): the frozen prefix of each minibatch is computed once for all of
+them, only the sampled head's contribution is recomputed, gradients are taken for the
+sampled weights only, and a last-layer head's loss uses the rank-k unembedding. Same SGLD
+loop (``rllc.estimators.sampler.run_sgld``), so the traces equal the general path's:
+
+    sample_heads(model, tokens, ["1:3"], cfg)["1:3"]
+      == sample(model, lm_objective(model), tokens, head_selection(model, "1:3"), cfg,
+                noise_key=(1, 3))                  (up to float reassociation)
+
+Row (head L:H, chain c) draws its noise from a generator seeded by (seed, c, L, H), so a
+head's chains do not depend on which other heads share its batch, and minibatch order
+depends on the seed only (all heads and chains of a run see the same minibatches unless
+``independent_batches``). L_n(w*) is computed once for all heads.
+
+The general path (vmapped ``functional_call`` of the whole model) runs where the fast path
+does not apply: models other than an attention-only ``AttentionOnlyTransformer`` (e.g. with
+MLPs), components that are not heads, or ``fast=False``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
+from rllc.estimators.fused_ce import DEFAULT_CHUNK, PRECISIONS, compile_available
+from rllc.estimators.sampler import MinibatchStream, noise_seed, run_sgld
+
+from .components import component_selection, expand_components, parse_component
+from .head_step import FrozenTransformer, HeadLayerStep, LayerPrefix, Numerics, step_flops
+from .objective import lm_objective
+from .transformer import AttentionOnlyTransformer
+
+
+class FastPathError(ValueError):
+    """``fast=True`` was asked for where the fast path does not apply."""
+
+
+def fast_path_reason(model: nn.Module) -> str | None:
+    """Why the head fast path cannot sample ``model`` (None when it can)."""
+    if not isinstance(model, AttentionOnlyTransformer):
+        return f"{type(model).__name__} is not an rllc AttentionOnlyTransformer"
+    if model.cfg.mlp:
+        return "the model has MLP blocks (the fast path is for attention-only models)"
+    return None
+
+
+def head_noise_key(component: str) -> tuple[int, ...]:
+    """Noise key of a component: ``(L, H)`` for a head ``"L:H"``, ``()`` otherwise."""
+    comp = parse_component(component)
+    return (comp.layer, comp.head) if comp.kind == "head" else ()
+
+
+def sample_heads(
+    model: nn.Module,
+    data: Tensor | Sequence[Tensor],
+    heads: Sequence[str],
+    config: SGLDConfig | None = None,
+    *,
+    chain_ids: Sequence[int] | None = None,
+    init_loss: float | None = None,
+    num_samples: int | None = None,
+    fast: bool | None = None,
+    precision: str = "float32",
+    compile: bool | None = None,
+    chunk_size: int | None = None,
+    max_rows: int | None = None,
+    lowrank: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
+) -> dict[str, SamplingResult]:
+    """Localized SGLD chains for each of ``heads`` around the model's weights w*.
+
+    Args:
+        model: the model at w* (not modified).
+        data: tokens ``[n, T]`` (or a 1-tuple of it): the loss's dataset.
+        heads: component strings; ``"L:H"`` and ``"L:*"`` (expanded to its heads) take the
+            fast path, anything else (``"embed"``, patterns) the general one.
+        config: sampler settings (default ``SGLDConfig()``).
+        chain_ids: chains to run per head (default ``range(config.chains)``).
+        init_loss: L_n(w*) if already known; otherwise computed once for all heads.
+        num_samples: n of L_n if not the rows of ``data``.
+        fast: None = fast path where it applies; True = require it (``FastPathError``
+            otherwise); False = always the general path.
+        precision: "float32" (exact: the traces equal the general path's) or "bfloat16"
+            (the unembedding and the frozen later blocks' projections take bf16 operands
+            with fp32 accumulation, several times faster on CPUs with AMX and on GPUs;
+            sampled weights, LayerNorms, attention and the loss stay fp32).
+        compile: fuse the loss's chunk kernels with ``torch.compile``; None = when a C++
+            compiler is available and the vocabulary is large (≥ 2048).
+        chunk_size: tokens per block of the fused loss (default 128, 512 compiled).
+        max_rows: at most this many (head, chain) rows per forward/backward pass (bounds
+            memory on large models; default: all rows of a layer in one pass).
+        lowrank: last-layer heads through the rank-k unembedding (FASTPATH §1; exact,
+            float32 only, not faster on CPU in eager torch).
+        progress: tqdm bar on stderr, or a callback ``(step, total_steps)`` per layer run.
+
+    Returns:
+        ``{component: SamplingResult}`` in the order given (``"L:*"`` expanded). Each
+        result's ``extra`` has ``path`` ("fast" or "general"); fast results also have
+        ``flops_per_step`` (matmul FLOPs of one SGLD step of this head's chains),
+        ``batch_heads`` (heads sampled in the same batch) and ``batch_seconds`` (that
+        batch's wall time; ``seconds`` is its share, batch_seconds / len(batch_heads)).
+    """
+    config = config or SGLDConfig()
+    tokens = data if isinstance(data, Tensor) else data[0]
+    if not isinstance(data, Tensor) and len(data) != 1:
+        raise ValueError("sample_heads takes one token tensor [n, T] as data")
+    if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"data must be integer tokens [n, T], got {tuple(tokens.shape)} "
+                         f"{tokens.dtype}")
+    components = list(dict.fromkeys(expand_components(model, list(heads))))
+    for comp in components:
+        component_selection(model, comp)  # raises SelectionError on unknown heads
+    ids = list(range(config.chains)) if chain_ids is None else [int(c) for c in chain_ids]
+    if not ids:
+        raise ValueError("chain_ids is empty: at least one chain is needed")
+    reason = fast_path_reason(model)
+    if fast and reason:
+        raise FastPathError(f"the head fast path does not apply: {reason}")
+    use_fast = reason is None and fast is not False
+    tokens = tokens.to(next(iter(model.parameters())).device)
+
+    by_layer: dict[int, list[int]] = {}
+    general: list[str] = []
+    for comp in components:
+        parsed = parse_component(comp)
+        if use_fast and parsed.kind == "head":
+            by_layer.setdefault(parsed.layer, []).append(parsed.head)
+        else:
+            general.append(comp)
+
+    numerics = _numerics(model, precision, compile, chunk_size)
+    if init_loss is None:  # L_n(w*): once for every head (FASTPATH §5)
+        if use_fast:
+            fm = FrozenTransformer(model, numerics)
+            init_loss = full_data_loss(lambda _p, b: fm.loss(b[0]), {}, (tokens,), config)
+        else:
+            frozen = {k: v.detach() for k, v in model.named_parameters()}
+            frozen.update({k: v.detach() for k, v in model.named_buffers()})
+            init_loss = full_data_loss(lm_objective(model), frozen, (tokens,), config)
+
+    results: dict[str, SamplingResult] = {}
+    for layer, layer_heads in by_layer.items():
+        step_fn = HeadLayerStep(model, layer, layer_heads, numerics, max_rows, lowrank)
+        results.update(_sample_layer(model, tokens, step_fn, config, ids, float(init_loss),
+                                     num_samples, progress))
+    for comp in general:
+        res = sample(model, lm_objective(model), tokens, component_selection(model, comp),
+                     config, chain_ids=ids, init_loss=init_loss, num_samples=num_samples,
+                     noise_key=head_noise_key(comp), progress=progress)
+        res.extra["path"] = "general"
+        results[comp] = res
+    return {comp: results[comp] for comp in components}
+
+
+class _PrefixCache:
+    """The frozen prefixes of the last few minibatches, keyed by their sample indices (a
+    full-batch run, or chains with their own batches, reuse them across steps)."""
+
+    def __init__(self, build: Callable[[Tensor], LayerPrefix], size: int) -> None:
+        self.build, self.size = build, size
+        self.items: OrderedDict[bytes, LayerPrefix] = OrderedDict()
+
+    def get(self, idx: Tensor, tokens: Tensor) -> LayerPrefix:
+        key = idx.cpu().numpy().tobytes()
+        if key not in self.items:
+            self.items[key] = self.build(tokens[idx])
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return self.items[key]
+
+
+def _numerics(model: nn.Module, precision: str, compile: bool | None,
+              chunk_size: int | None) -> Numerics:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if compile is None:
+        vocab = getattr(getattr(model, "cfg", None), "d_vocab", 0)
+        compile = vocab >= 2048 and compile_available()
+    chunk = chunk_size or (512 if compile else DEFAULT_CHUNK)
+    return Numerics(precision=precision, compile=bool(compile), chunk=int(chunk))
+
+
+def _sample_layer(
+    model: AttentionOnlyTransformer,
+    tokens: Tensor,
+    step_fn: HeadLayerStep,
+    config: SGLDConfig,
+    ids: list[int],
+    init_loss: float,
+    num_samples: int | None,
+    progress: bool | Callable[[int, int], None],
+) -> dict[str, SamplingResult]:
+    """All heads of ``step_fn``'s layer × chains ``ids`` as one batch of rows, head-major."""
+    n = int(tokens.shape[0])
+    layer, heads = step_fn.layer, step_fn.heads
+    H, C = len(heads), len(ids)
+    w_star = step_fn.pack_star()  # [H, d]
+    _check_layout(model, layer, heads, w_star)
+    nbeta = config.resolve_nbeta(n if num_samples is None else num_samples)
+    seeds = [noise_seed(config.seed, c, (layer, h)) for h in heads for c in ids]
+    stream = MinibatchStream(n, config, ids)
+    cache = _PrefixCache(step_fn.prefix, size=C if config.independent_batches else 1)
+
+    def step(theta: Tensor, idx: Tensor, need_star: bool):
+        if not config.independent_batches:
+            return step_fn(theta, cache.get(idx, tokens), need_star)
+        # chain c's rows (one per head) share chain c's minibatch
+        grad, loss = torch.empty_like(theta), theta.new_empty(theta.shape[0])
+        star = theta.new_empty(theta.shape[0]) if need_star else None
+        for j in range(C):
+            rows = torch.arange(H) * C + j
+            g, lo, s = step_fn(theta[rows], cache.get(idx[j], tokens), need_star)
+            grad[rows], loss[rows] = g, lo
+            if star is not None:
+                star[rows] = s
+        return grad, loss, star
+
+    traces, diverged, seconds = run_sgld(
+        step, w_star.repeat_interleave(C, dim=0), lambda: stream.next().to(tokens.device),
+        seeds, config, nbeta, progress,
+    )
+    B, T = min(config.batch_size, n), int(tokens.shape[1])
+    groups = C if config.independent_batches else 1
+    flops = groups * sum(step_flops(model.cfg, layer, H * C // groups, H, B, T,
+                                    step_fn.lowrank).values())
+    out = {}
+    for i, h in enumerate(heads):
+        rows = slice(i * C, (i + 1) * C)
+        out[f"{layer}:{h}"] = SamplingResult(
+            config=config,
+            nbeta=nbeta,
+            n_samples=n if num_samples is None else num_samples,
+            num_weights=int(w_star.shape[1]),
+            chain_ids=ids,
+            init_loss=init_loss,
+            diverged=diverged[rows],
+            seconds=seconds / H,
+            extra={"path": "fast", "flops_per_step": flops / H,
+                   "precision": step_fn.fm.numerics.precision,
+                   "batch_heads": [f"{layer}:{x}" for x in heads], "batch_seconds": seconds},
+            **{k: v[rows] for k, v in traces.items()},
+        )
+    return out
+
+
+def _check_layout(model: nn.Module, layer: int, heads: list[int], w_star: Tensor) -> None:
+    """The fast path reads theta as the general sampler flattens a head's selection
+    (sorted parameter names, sorted flat indices); fail loudly if that ever drifts."""
+    params = dict(model.named_parameters())
+    for i, h in enumerate(heads):
+        sel = component_selection(model, f"{layer}:{h}")
+        flat = torch.cat([params[k].detach().reshape(-1)[idx.to(w_star.device)]
+                          for k, idx in sel.entries.items()])
+        if flat.shape != w_star[i].shape or not torch.equal(flat, w_star[i]):
+            raise RuntimeError(f"fast-path weight layout of head {layer}:{h} does not match "
+                               "its selection (rllc.models.components.head_indices)")

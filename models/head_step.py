@@ -1,0 +1,395 @@
+"""One SGLD step's loss and gradient for many (head, chain) rows of one layer at once.
+
+Sampling head (L, h) leaves everything upstream of layer L frozen. Per minibatch
+``tokens [B, T]`` a ``LayerPrefix`` is computed once, without gradients, and shared by
+every row (all sampled heads of the layer × all chains) and by every step that reuses the
+batch:
+
+    resid_L            [B, T, D]   residual stream entering layer L (frozen blocks < L)
+    x_qk, x_v          [B, T, D]   LN_L(resid_L + p) and LN_L(resid_L) (shortformer; else equal)
+    zs_h               [H, B, T, k] each sampled head's output at w*, before W_O
+    base_h = resid_{L+1}* − zs_h·W_O*_hᵀ      the stream after layer L without head h
+
+Row r = (head h, chain c) has its own W_Q, W_K, W_V [k, D], b_Q, b_K, b_V [k], W_O [D, k]
+(``theta[r]``, flattened exactly as the general sampler flattens the head's selection).
+Only that head's contribution is recomputed:
+
+    q, k, v = x_qk·W_Qᵀ + b_Q, x_qk·W_Kᵀ + b_K, x_v·W_Vᵀ + b_V     [R, B, T, k]
+    z = softmax(q·kᵀ/√k + causal)·v                               [R, B, T, k]
+    resid_{L+1}(w) = base_h + z·W_Oᵀ                               [R, B, T, D]
+
+then the frozen later blocks run on all rows as one batch, and the final LayerNorm's output
+goes through the chunked fused unembedding + cross-entropy (``linear_cross_entropy``), or,
+opt-in for the last layer, straight through the rank-k form of the final LayerNorm +
+unembedding (``lowrank_cross_entropy``, FASTPATH §1). The gradient is taken for ``theta``
+only (plain batched autograd; rows are independent, so ∂Σ_r L_r/∂θ_r = ∂L_r/∂θ_r).
+
+The row computation up to the final hidden state is a pure function of tensors
+(``rows_hidden``), so ``torch.compile`` can fuse its elementwise work (LayerNorms, casts,
+bias and residual adds, layout copies) forward and backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rllc.estimators.fused_ce import DEFAULT_CHUNK, linear_cross_entropy, lowrank_cross_entropy
+
+from .transformer import AttentionOnlyTransformer, TransformerConfig
+
+#: Tokens per [chains, chunk, V] block of the rank-k loss (rows of a head share the block).
+LOWRANK_CHUNK = 32
+LN_EPS = 1e-5  # nn.LayerNorm's default, as the model uses
+
+#: A frozen block's tensors: LN gain and bias (None without LayerNorm), qkv weight (in the
+#: matmul dtype) and bias, out weight (matmul dtype) and bias.
+BlockWeights = tuple[Tensor | None, Tensor | None, Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Static sizes of one row computation (constants of a compiled graph)."""
+
+    n_heads: int  # heads per layer of the model
+    d_head: int
+    shortformer: bool
+
+
+@dataclass
+class LayerPrefix:
+    """Frozen quantities of one minibatch, shared by all rows (see module docstring)."""
+
+    tokens: Tensor  # [B, T]
+    x_qk: Tensor  # [B·T, D]
+    x_v: Tensor  # [B·T, D]  (the same tensor as x_qk without shortformer positions)
+    resid_next: Tensor  # [B, T, D]  resid_{L+1} at w*
+    zs: Tensor  # [H, B, T, k]
+    base: Tensor  # [H, B, T, D]
+    star: Tensor | None = None  # L_B(w*), computed on demand
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How the frozen parts are computed. ``precision="bfloat16"`` runs the unembedding and
+    the frozen later blocks' projections with bf16 operands and fp32 accumulation
+    (LayerNorms, attention, softmax, the loss and every sampled weight stay in the model's
+    dtype); ``compile`` fuses the rows' forward/backward and the loss's chunk kernels with
+    ``torch.compile``."""
+
+    precision: str = "float32"
+    compile: bool = False
+    chunk: int = DEFAULT_CHUNK
+
+
+def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+    """The model's LayerNorm over the last dim, or the identity when ``w`` is None."""
+    return x if w is None else F.layer_norm(x, (x.shape[-1],), w, b, LN_EPS)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """x·wᵀ + b with w in its matmul dtype (fp32 accumulation), result in x's dtype."""
+    return (x.to(w.dtype) @ w.t()).to(x.dtype) + b
+
+
+def block(x: Tensor, pos_qk: Tensor | None, weights: BlockWeights, shape: Shape) -> Tensor:
+    """An attention-only pre-LN block (``Block.forward``): x [B, T, D] → [B, T, D]."""
+    B, T = x.shape[:2]
+    H, k = shape.n_heads, shape.d_head
+    A = H * k
+    ln_w, ln_b, qkv_w, qkv_b, out_w, out_b = weights
+    x_v = layer_norm(x, ln_w, ln_b)
+    if pos_qk is None:
+        q, kk, v = linear(x_v, qkv_w, qkv_b).split(A, dim=-1)  # [B, T, A] each
+    else:
+        q, kk = linear(layer_norm(x + pos_qk, ln_w, ln_b), qkv_w[: 2 * A], qkv_b[: 2 * A]).split(
+            A, dim=-1)
+        v = linear(x_v, qkv_w[2 * A :], qkv_b[2 * A :])
+
+    def heads_first(t: Tensor) -> Tensor:  # [B, T, A] → [B, H, T, k]
+        return t.view(B, T, H, k).transpose(1, 2)
+
+    z = F.scaled_dot_product_attention(heads_first(q), heads_first(kk), heads_first(v),
+                                       is_causal=True)  # [B, H, T, k]
+    return x + linear(z.transpose(1, 2).reshape(B, T, A), out_w, out_b)
+
+
+def rows_head_output(theta: Tensor, x_qk: Tensor, x_v: Tensor, n_heads: int, B: int,
+                     T: int) -> tuple[Tensor, Tensor]:
+    """Each row's head output z [R, B, T, k] and W_O [R, D, k] from ``theta`` [R, d]
+    (flattened as out.weight columns [D, k], qkv.bias rows [3, k], qkv.weight rows
+    [3, k, D]: the general sampler's order) and the shared inputs x_qk, x_v [B·T, D]."""
+    R, d = theta.shape
+    D = x_qk.shape[-1]
+    k = d // (4 * D + 3)  # d = 4·D·k + 3·k
+    wo, b, w = theta.split([D * k, 3 * k, 3 * k * D], dim=1)
+    wo, b, w = wo.reshape(R, D, k), b.reshape(R, 3, k), w.reshape(R, 3, k, D)
+
+    # q, k, v of all rows from the shared inputs: one [B·T, D] × [D, R·k] matmul each
+    def proj(x: Tensor, part: int) -> Tensor:  # → [R, B, T, k]
+        y = x @ w[:, part].reshape(R * k, D).t()  # [B·T, R·k]
+        return (y.view(B, T, R, k) + b[:, part]).permute(2, 0, 1, 3)
+
+    z = F.scaled_dot_product_attention(proj(x_qk, 0), proj(x_qk, 1), proj(x_v, 2),
+                                       is_causal=True)  # [R, B, T, k]
+    return z, wo
+
+
+def rows_hidden(theta: Tensor, x_qk: Tensor, x_v: Tensor, base: Tensor, pos_qk: Tensor | None,
+                later: tuple[BlockWeights, ...], ln_w: Tensor | None, ln_b: Tensor | None,
+                shape: Shape) -> Tensor:
+    """Final hidden states [R, N = B·(T−1), D] of every row (positions that predict a
+    token): head output, ``base_h + z·W_Oᵀ``, the frozen later blocks, the final LN.
+    ``base`` [H, B, T, D]; rows head-major."""
+    H, B, T, D = base.shape
+    R = theta.shape[0]
+    z, wo = rows_head_output(theta, x_qk, x_v, H, B, T)
+    contrib = torch.bmm(z.reshape(R, B * T, -1), wo.transpose(1, 2))  # [R, B·T, D]
+    x = (base.view(H, 1, B * T, D) + contrib.view(H, R // H, B * T, D)).view(R * B, T, D)
+    for weights in later:
+        x = block(x, pos_qk, weights, shape)
+    return layer_norm(x[:, :-1], ln_w, ln_b).reshape(R, -1, D)
+
+
+def targets_of(tokens: Tensor) -> Tensor:
+    """Next-token targets of ``tokens`` [B, T]: ``[N = B·(T−1)]``."""
+    return tokens[:, 1:].reshape(-1)
+
+
+class FrozenTransformer:
+    """The model's pieces at w*, detached: embedding, blocks, LayerNorms and the fused
+    loss, for frozen prefixes, frozen later blocks and L_B(w*)."""
+
+    def __init__(self, model: AttentionOnlyTransformer, numerics: Numerics | None = None) -> None:
+        if model.cfg.mlp:
+            raise ValueError("the head fast path needs an attention-only model (mlp=False)")
+        self.model, self.cfg = model, model.cfg
+        self.numerics = numerics or Numerics()
+        self.params = {k: v.detach() for k, v in model.named_parameters()}
+        self.params.update({k: v.detach() for k, v in model.named_buffers()})
+        low = self.numerics.precision == "bfloat16"
+        mm = (lambda t: t.to(torch.bfloat16)) if low else (lambda t: t)
+        self.shape = Shape(self.cfg.n_heads, self.cfg.d_head, self.cfg.positional == "shortformer")
+        self.w_unembed, self.b_unembed = self.params["unembed.weight"], self.params["unembed.bias"]
+        self.w_unembed_mm = mm(self.w_unembed)  # [V, D]
+        self.blocks: list[BlockWeights] = []
+        for layer in range(self.cfg.n_layers):
+            ln_w, ln_b = self.ln_params(f"blocks.{layer}.ln")
+            p = f"blocks.{layer}.attn"
+            self.blocks.append((ln_w, ln_b, mm(self.params[f"{p}.qkv.weight"]),
+                                self.params[f"{p}.qkv.bias"], mm(self.params[f"{p}.out.weight"]),
+                                self.params[f"{p}.out.bias"]))
+        self.ln_final = self.ln_params("ln_final")
+
+    def ln_params(self, name: str) -> tuple[Tensor | None, Tensor | None]:
+        if not self.cfg.layer_norm:
+            return None, None
+        return self.params[f"{name}.weight"], self.params[f"{name}.bias"]
+
+    def embed(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(residual stream after embedding [B, T, D], shortformer positions [T, D] or None)."""
+        T = tokens.shape[-1]
+        x = F.embedding(tokens, self.params["embed.weight"])  # [B, T, D]
+        pos = self.params["pos_embed.weight"][:T]  # [T, D]
+        if self.shape.shortformer:
+            return x, pos
+        return x + pos, None
+
+    def ce(self, h: Tensor, tokens: Tensor) -> Tensor:
+        """Per-row mean next-token loss [R] of final hidden states h [R, N, D]."""
+        n = self.numerics
+        return linear_cross_entropy(h, self.w_unembed, self.b_unembed, targets_of(tokens),
+                                    n.chunk, precision=n.precision, compile=n.compile,
+                                    weight_mm=self.w_unembed_mm)
+
+    def loss_from(self, layer: int, x: Tensor, tokens: Tensor) -> Tensor:
+        """Mean next-token loss (scalar) of the residual stream ``x`` [B, T, D] entering
+        block ``layer`` (``n_layers``: entering the final LN)."""
+        pos_qk = self.embed(tokens[:1])[1]
+        for weights in self.blocks[layer:]:
+            x = block(x, pos_qk, weights, self.shape)
+        h = layer_norm(x[:, :-1], *self.ln_final).reshape(1, -1, self.cfg.d_model)
+        return self.ce(h, tokens)[0]
+
+    @torch.no_grad()
+    def loss(self, tokens: Tensor) -> Tensor:
+        """``lm_loss(model(tokens), tokens)`` at w* without [B, T, V] logits (scalar)."""
+        return self.loss_from(0, self.embed(tokens)[0], tokens)
+
+
+class HeadLayerStep:
+    """``step(theta[R, d], prefix, need_star)`` for rows = sampled heads × C chains of
+    layer ``layer``, head-major (row r = head ``heads[r // C]``, chain ``r % C``)."""
+
+    def __init__(
+        self,
+        model: AttentionOnlyTransformer,
+        layer: int,
+        heads: list[int],
+        numerics: Numerics | None = None,
+        max_rows: int | None = None,
+        lowrank: bool = False,
+    ) -> None:
+        self.fm = FrozenTransformer(model, numerics)
+        cfg: TransformerConfig = model.cfg
+        self.cfg, self.layer, self.heads = cfg, layer, list(heads)
+        self.max_rows = max_rows
+        # The rank-k unembedding (FASTPATH §1) is exact but memory-bound in eager torch on
+        # CPU (each [chains, chunk, V] block takes ~10 passes), so it is opt-in.
+        self.lowrank = lowrank and layer == cfg.n_layers - 1
+        D, k = cfg.d_model, cfg.d_head
+        out_w = self.fm.params[f"blocks.{layer}.attn.out.weight"]  # [D, H·k]
+        self.wo_star = torch.stack([out_w[:, h * k : (h + 1) * k] for h in self.heads])  # [H, D, k]
+        self.hidden = rows_hidden
+        if self.fm.numerics.compile:
+            self.hidden = torch._dynamo.config.patch(recompile_limit=32)(
+                torch.compile(rows_hidden, dynamic=False))
+        if self.lowrank:
+            w_u, b_u = self.fm.w_unembed, self.fm.b_unembed
+            g, b = self.fm.ln_final
+            g = w_u.new_ones(D) if g is None else g
+            b = w_u.new_zeros(D) if b is None else b
+            # U′ = diag(g)·W_Uᵀ [D, V], c = b_LN·W_Uᵀ + b_U [V]: logits = (resid − μ)/σ·U′ + c
+            self.u_prime = (g[:, None] * w_u.t()).contiguous()
+            self.c = b @ w_u.t() + b_u
+            self.ms = self.wo_star.transpose(1, 2) @ self.u_prime  # [H, k, V]
+
+    @torch.no_grad()
+    def prefix(self, tokens: Tensor) -> LayerPrefix:
+        """Everything of a minibatch ``tokens`` [B, T] that no sampled weight changes."""
+        cfg, L, fm = self.cfg, self.layer, self.fm
+        B, T = tokens.shape
+        H_all, k, D, A = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_attn
+        x, pos_qk = fm.embed(tokens)
+        for weights in fm.blocks[:L]:
+            x = block(x, pos_qk, weights, fm.shape)
+        ln_w, ln_b = fm.ln_params(f"blocks.{L}.ln")
+        x_v = layer_norm(x, ln_w, ln_b)
+        x_qk = x_v if pos_qk is None else layer_norm(x + pos_qk, ln_w, ln_b)
+        # Layer L at w* (fp32 like the sampled rows), written out so each head's z* is kept.
+        w, b = fm.params[f"blocks.{L}.attn.qkv.weight"], fm.params[f"blocks.{L}.attn.qkv.bias"]
+        q, kk = F.linear(x_qk, w[: 2 * A], b[: 2 * A]).split(A, dim=-1)  # [B, T, A] each
+        v = F.linear(x_v, w[2 * A :], b[2 * A :])
+
+        def heads_first(t: Tensor) -> Tensor:  # [B, T, A] → [B, H, T, k]
+            return t.view(B, T, H_all, k).transpose(1, 2)
+
+        z_all = F.scaled_dot_product_attention(
+            heads_first(q), heads_first(kk), heads_first(v), is_causal=True
+        )  # [B, H, T, k]
+        resid_next = x + F.linear(
+            z_all.transpose(1, 2).reshape(B, T, A),
+            fm.params[f"blocks.{L}.attn.out.weight"], fm.params[f"blocks.{L}.attn.out.bias"],
+        )  # [B, T, D]
+        zs = z_all[:, self.heads].transpose(0, 1).contiguous()  # [Hs, B, T, k]
+        base = resid_next - torch.einsum("hbtk,hdk->hbtd", zs, self.wo_star)  # [Hs, B, T, D]
+        return LayerPrefix(tokens, x_qk.reshape(B * T, D), x_v.reshape(B * T, D),
+                           resid_next, zs, base)
+
+    @torch.no_grad()
+    def star_loss(self, pre: LayerPrefix) -> Tensor:
+        """L_B(w*) on the prefix's minibatch (scalar), computed once per prefix."""
+        if pre.star is None:
+            pre.star = self.fm.loss_from(self.layer + 1, pre.resid_next, pre.tokens)
+        return pre.star
+
+    def pack_star(self) -> Tensor:
+        """Each sampled head's w* flattened as ``rows_head_output`` reads it: ``[H, d]``."""
+        D, k, H = self.cfg.d_model, self.cfg.d_head, self.cfg.n_heads
+        p = f"blocks.{self.layer}.attn"
+        qkv_w = self.fm.params[f"{p}.qkv.weight"].view(3, H, k, D)
+        qkv_b = self.fm.params[f"{p}.qkv.bias"].view(3, H, k)
+        return torch.stack([
+            torch.cat([self.wo_star[i].reshape(-1), qkv_b[:, h].reshape(-1),
+                       qkv_w[:, h].reshape(-1)])
+            for i, h in enumerate(self.heads)
+        ])
+
+    def row_losses(self, theta: Tensor, pre: LayerPrefix) -> Tensor:
+        """Per-row L_B [R] at ``theta`` [R, d] (differentiable in theta); rows head-major,
+        the same number of chains C for every head of ``self.heads``."""
+        fm = self.fm
+        if self.lowrank:
+            return self._lowrank_losses(theta, pre)
+        pos_qk = fm.embed(pre.tokens[:1])[1]
+        h = self.hidden(theta, pre.x_qk, pre.x_v, pre.base, pos_qk,
+                        tuple(fm.blocks[self.layer + 1 :]), *fm.ln_final, fm.shape)
+        return fm.ce(h, pre.tokens)
+
+    def _lowrank_losses(self, theta: Tensor, pre: LayerPrefix) -> Tensor:
+        R, H = theta.shape[0], len(self.heads)
+        C = R // H
+        B, T = pre.tokens.shape
+        D, k = self.cfg.d_model, self.cfg.d_head
+        z, wo = rows_head_output(theta, pre.x_qk, pre.x_v, H, B, T)
+        # only positions that predict a token matter after the last attention layer
+        z_n = z[:, :, :-1].reshape(R, -1, k)  # [R, N, k]
+        base = pre.base[:, :, :-1].reshape(H, 1, -1, D)  # [H, 1, N, D]
+        resid = (base + torch.bmm(z_n, wo.transpose(1, 2)).view(H, C, -1, D)).view(R, -1, D)
+        if self.cfg.layer_norm:
+            mu = resid.mean(-1)  # [R, N]
+            sigma = (resid.var(-1, unbiased=False) + LN_EPS).sqrt()
+        else:
+            mu, sigma = resid.new_zeros(resid.shape[:2]), resid.new_ones(resid.shape[:2])
+        return lowrank_cross_entropy(
+            z_n, mu, sigma, wo.transpose(1, 2) @ self.u_prime,  # M_r = W_Oᵀ·U′ [R, k, V]
+            pre.resid_next[:, :-1].reshape(-1, D), self.u_prime, self.c,
+            pre.zs[:, :, :-1].reshape(H, -1, k), self.ms, targets_of(pre.tokens),
+            LOWRANK_CHUNK,
+        )
+
+    def __call__(
+        self, theta: Tensor, pre: LayerPrefix, need_star: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(∇L_B [R, d], L_B [R], L_B(w*) [R] or None) for rows sharing ``pre``'s batch:
+        every head of ``self.heads`` × C chains, head-major."""
+        R, H = theta.shape[0], len(self.heads)
+        C = R // H
+        grad, loss = torch.empty_like(theta), theta.new_empty(R)
+        # Rows go in parts of whole chains (every head's row of a chain together), so each
+        # part stays head-major and max_rows bounds the memory of one pass.
+        per_part = C if self.max_rows is None else max(1, self.max_rows // H)
+        for c0 in range(0, C, per_part):
+            chains = range(c0, min(C, c0 + per_part))
+            rows = torch.tensor([h * C + c for h in range(H) for c in chains])
+            t = theta[rows].detach().requires_grad_(True)
+            with torch.enable_grad():
+                part_loss = self.row_losses(t, pre)
+                (part_grad,) = torch.autograd.grad(part_loss.sum(), t)
+            grad[rows], loss[rows] = part_grad, part_loss.detach()
+        star = self.star_loss(pre).expand(R) if need_star else None
+        return grad, loss, star
+
+
+def step_flops(cfg: TransformerConfig, layer: int, rows: int, n_heads: int, batch: int,
+               seq: int, lowrank: bool = False) -> dict[str, float]:
+    """Matmul FLOPs (2 per multiply-add) of one ``HeadLayerStep`` call, by part, for
+    ``rows`` (head, chain) rows of ``n_heads`` heads sharing one minibatch [batch, seq].
+
+    Counts the work the fast path does, forward and backward, causal attention as half of
+    the T×T products (the useful work); elementwise work (softmax, LayerNorm) is not
+    counted. ``prefix`` and ``star`` (L_B(w*)) are shared by all rows."""
+    D, k, V, H, A = cfg.d_model, cfg.d_head, cfg.d_vocab, cfg.n_heads, cfg.d_attn
+    BT, N = batch * seq, batch * (seq - 1)
+    pairs = batch * seq * (seq + 1) / 2  # causal (query, key) pairs per head
+    R = rows
+    attn_head = 2 * 2 * pairs * k  # q·kᵀ and p·v of one head, forward
+    later = cfg.n_layers - layer - 1
+    block_fwd = 2 * BT * D * 3 * A + H * attn_head + 2 * BT * A * D
+    f: dict[str, float] = {}
+    # sampled head: q, k, v (forward + weight grads), attention (backward ≈ 2× forward),
+    # W_O (forward, ∂z and ∂W_O)
+    f["head"] = R * (2 * 2 * BT * D * 3 * k + 3 * attn_head + 3 * 2 * BT * k * D)
+    # frozen later blocks: forward, and backward to their inputs only
+    f["later_blocks"] = R * later * (2 * block_fwd + H * attn_head)
+    if lowrank and later == 0:
+        f["unembed"] = (2 * N * D * V + n_heads * 2 * N * k * V  # A, zs_h·Ms_h (shared)
+                        + R * (3 * 2 * N * (k + 2) * V + 2 * 2 * k * D * V))  # X, ∂z̃, ∂M; M
+    else:
+        f["unembed"] = R * 2 * 2 * N * D * V  # logits and ∂h
+    f["prefix"] = layer * block_fwd + block_fwd
+    f["star"] = later * block_fwd + 2 * N * D * V
+    return f

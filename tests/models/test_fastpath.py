@@ -1,0 +1,193 @@
+"""The head fast path gives the general path's traces; multi-head runs equal one-head runs.
+
+Tolerances: in float64 the two paths differ only by float reassociation (≈1e-14 relative
+per step), far below the float32 rounding of the recorded traces, so traces agree to
+rtol 1e-6. In float32 (the models' default) reassociation errors of ≈1e-7 per step grow
+through the chains' dynamics; traces of a few dozen steps agree to rtol 1e-3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rllc.estimators import SGLDConfig, sample
+from rllc.models import (
+    AttentionOnlyTransformer,
+    TransformerConfig,
+    head_selection,
+    lm_loss,
+    lm_objective,
+)
+from rllc.models.fastpath import FastPathError, head_noise_key, sample_heads
+
+TRACES = ("loss", "batch_init_loss", "distance", "grad_norm", "mala_acceptance")
+TINY = TransformerConfig(n_layers=2, n_heads=3, d_model=12, d_head=4, n_ctx=10, d_vocab=23,
+                         init_std=0.3)
+
+
+def make(dtype=torch.float64, **cfg) -> tuple[AttentionOnlyTransformer, torch.Tensor]:
+    torch.manual_seed(0)
+    model = AttentionOnlyTransformer(TINY.model_copy(update=cfg)).to(dtype)
+    tokens = torch.randint(0, TINY.d_vocab, (40, TINY.n_ctx))
+    return model, tokens
+
+
+def config(**kw) -> SGLDConfig:
+    base = dict(step_size=1e-3, localization=10.0, nbeta=50.0, chains=2, draws=8,
+                batch_size=8, seed=3)
+    return SGLDConfig(**{**base, **kw})
+
+
+def general(model, tokens, head: str, cfg: SGLDConfig, **kw):
+    return sample(model, lm_objective(model), tokens, head_selection(model, head), cfg,
+                  noise_key=head_noise_key(head), **kw)
+
+
+def assert_traces_close(a, b, rtol):
+    for name in TRACES:
+        x, y = getattr(a, name), getattr(b, name)
+        assert np.array_equal(np.isnan(x), np.isnan(y)), name
+        ok = ~np.isnan(y)
+        np.testing.assert_allclose(x[ok], y[ok], rtol=rtol, atol=rtol * 1e-2, err_msg=name)
+    np.testing.assert_array_equal(a.diverged, b.diverged)
+
+
+@pytest.mark.parametrize(
+    "model_cfg",
+    [{}, {"positional": "residual"}, {"layer_norm": False}, {"n_layers": 3}],
+    ids=["shortformer", "residual", "no-layer-norm", "three-layers"],
+)
+def test_fast_path_traces_equal_general_path(model_cfg):
+    model, tokens = make(**model_cfg)
+    cfg = config()
+    heads = ["0:1", f"{model.cfg.n_layers - 1}:2"] + (["1:0"] if model.cfg.n_layers == 3 else [])
+    fast = sample_heads(model, tokens, heads, cfg)
+    for head in heads:
+        assert fast[head].extra["path"] == "fast"
+        slow = general(model, tokens, head, cfg)
+        assert fast[head].init_loss == pytest.approx(slow.init_loss, rel=1e-12)
+        assert fast[head].num_weights == slow.num_weights == TINY.params_per_head
+        assert_traces_close(fast[head], slow, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"independent_batches": True}, {"preconditioner": "rmsprop"}, {"steps_per_draw": 3},
+     {"batch_size": 100}],
+    ids=["independent-batches", "rmsprop", "thinned", "full-batch"],
+)
+def test_fast_path_follows_every_sampler_option(extra):
+    model, tokens = make()
+    cfg = config(**extra)
+    fast = sample_heads(model, tokens, ["0:2", "1:1"], cfg, max_rows=3)  # rows in parts
+    for head in ("0:2", "1:1"):
+        assert_traces_close(fast[head], general(model, tokens, head, cfg), rtol=1e-6)
+
+
+def test_rank_k_unembedding_gives_the_same_traces():
+    model, tokens = make()
+    cfg = config()
+    dense = sample_heads(model, tokens, ["1:*"], cfg)
+    lowrank = sample_heads(model, tokens, ["1:*"], cfg, lowrank=True)
+    for head in dense:
+        assert_traces_close(lowrank[head], dense[head], rtol=1e-6)
+
+
+def test_float32_fast_path_stays_close_to_general_path():
+    model, tokens = make(dtype=torch.float32)
+    cfg = config(draws=20)
+    fast = sample_heads(model, tokens, ["0:0", "1:2"], cfg)
+    for head in ("0:0", "1:2"):
+        assert_traces_close(fast[head], general(model, tokens, head, cfg), rtol=1e-3)
+
+
+def test_multi_head_batch_equals_single_head_runs():
+    model, tokens = make()
+    cfg = config(chains=3)
+    everything = sample_heads(model, tokens, ["0:*", "1:*"], cfg)
+    assert list(everything) == [f"{layer}:{h}" for layer in range(2) for h in range(3)]
+    for head in ("0:1", "1:2"):
+        alone = sample_heads(model, tokens, [head], cfg)[head]
+        assert_traces_close(everything[head], alone, rtol=1e-6)
+        one_chain = sample_heads(model, tokens, [head], cfg, chain_ids=[2])[head]
+        for name in TRACES:
+            np.testing.assert_allclose(getattr(one_chain, name)[0], getattr(alone, name)[2],
+                                       rtol=1e-6, err_msg=name)
+    assert everything["0:0"].extra["batch_heads"] == ["0:0", "0:1", "0:2"]
+    assert everything["0:0"].extra["flops_per_step"] > 0
+
+
+def test_heads_get_their_own_noise():
+    model, tokens = make()
+    res = sample_heads(model, tokens, ["0:0", "0:1"], config())
+    # same w*-relative dynamics would give equal distances if the noise were shared
+    assert not np.allclose(res["0:0"].distance[:, 1:], res["0:1"].distance[:, 1:])
+
+
+def test_general_path_where_the_fast_path_does_not_apply():
+    model, tokens = make(mlp=True)
+    cfg = config(draws=4)
+    res = sample_heads(model, tokens, ["0:1"], cfg)["0:1"]
+    assert res.extra["path"] == "general"
+    assert_traces_close(res, general(model, tokens, "0:1", cfg), rtol=1e-12)
+    with pytest.raises(FastPathError, match="MLP"):
+        sample_heads(model, tokens, ["0:1"], cfg, fast=True)
+    plain, tokens = make()
+    mixed = sample_heads(plain, tokens, ["embed", "1:0"], cfg)
+    assert mixed["embed"].extra["path"] == "general"
+    assert mixed["1:0"].extra["path"] == "fast"
+    forced = sample_heads(plain, tokens, ["1:0"], cfg, fast=False)["1:0"]
+    assert forced.extra["path"] == "general"
+    assert_traces_close(mixed["1:0"], forced, rtol=1e-6)
+
+
+def test_bad_inputs():
+    model, tokens = make()
+    with pytest.raises(ValueError, match="unknown head"):
+        sample_heads(model, tokens, ["2:0"], config())
+    with pytest.raises(ValueError, match="integer tokens"):
+        sample_heads(model, tokens.double(), ["0:0"], config())
+    with pytest.raises(ValueError, match="precision"):
+        sample_heads(model, tokens, ["0:0"], config(), precision="float16")
+
+
+def trained_tiny() -> tuple[AttentionOnlyTransformer, torch.Tensor]:
+    """A 2-layer model trained for a second on skip-bigram data (token t follows a fixed
+    permutation of token t−2 with probability 0.7), so w* is near a minimum and heads
+    matter: their wrLLCs come out ≈ 3–10."""
+    g = torch.Generator().manual_seed(0)
+    V, T, n = 64, 16, 512
+    perm = torch.randperm(V, generator=g)
+    tokens = torch.randint(0, V, (n, T), generator=g)
+    for t in range(2, T):
+        follow = torch.rand(n, generator=g) < 0.7
+        tokens[:, t] = torch.where(follow, perm[tokens[:, t - 2]], tokens[:, t])
+    torch.manual_seed(0)
+    model = AttentionOnlyTransformer(TransformerConfig(n_layers=2, n_heads=2, d_model=32,
+                                                       d_head=8, n_ctx=T, d_vocab=V))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        idx = torch.randint(0, n, (64,), generator=g)
+        loss = lm_loss(model(tokens[idx]), tokens[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, tokens
+
+
+@pytest.mark.slow
+def test_bfloat16_estimates_agree_with_float32():
+    """bf16 matmuls are worth offering only if the estimates stay within their standard
+    error of the fp32 ones. Same seeds, so both runs share batches and noise."""
+    model, tokens = trained_tiny()
+    cfg = SGLDConfig(step_size=1e-3, localization=100.0, nbeta=30.0, chains=4, draws=150,
+                     batch_size=32)
+    exact = sample_heads(model, tokens, ["0:*", "1:*"], cfg)
+    low = sample_heads(model, tokens, ["0:*", "1:*"], cfg, precision="bfloat16")
+    for head, res in exact.items():
+        a, b = res.llc(), low[head].llc()
+        assert a.llc_mean > 1.0  # a real signal, not noise around zero
+        assert abs(a.llc_mean - b.llc_mean) <= a.llc_stderr, (head, a.llc_mean, b.llc_mean)
+        assert low[head].extra["precision"] == "bfloat16"
