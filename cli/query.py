@@ -10,20 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from rllc.store import DEFAULT_STORE, QueryError, StoreError, llc_table, open_store
+from rllc.store.query import ROW_KEYS
 
 from .common import JsonFlag, UsageError, emit, handle_errors, table
 
-COLUMNS = (
-    "checkpoint",
-    "step",
-    "component",
-    "dataset",
-    "llc_mean",
-    "llc_std",
-    "llc_stderr",
-    "chains",
-    "seeds",
-)
+COLUMNS = ROW_KEYS  # the contract's row keys, defined once in rllc.store.query
 
 
 class Format(StrEnum):
