@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from rllc.estimators import SGLDConfig, summarize
+from rllc.estimators.cputune import tune_cpu
 from rllc.models import AttentionOnlyTransformer, TransformerConfig, lm_loss
 from rllc.models.fastpath import sample_heads
 
@@ -218,6 +219,58 @@ def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdi
                statistics.mean(fixed), estimates)
 
 
+def _devinterp_worker(conn, state: dict, tokens: torch.Tensor, tuned: bool) -> None:
+    """Child process: devinterp with default process settings (or rllc's), serving runs."""
+    try:
+        if tuned:
+            tune_cpu()
+        model = AttentionOnlyTransformer(PAPER)
+        model.load_state_dict(state)
+        tl = to_transformer_lens(model)
+        conn.send(("ready", check_same_function(model, tl, tokens[:4])))
+        while (msg := conn.recv()) is not None:
+            heads, draws, workdir = msg
+            conn.send(("run", devinterp_run(tl, tokens, heads, draws, workdir)))
+    except Exception:  # report to the parent instead of dying silently
+        import traceback
+
+        conn.send(("error", traceback.format_exc()))
+
+
+class DevinterpProcess:
+    """devinterp in a spawned process: it runs as a devinterp user would run it (default
+    allocator and float settings), while rllc's process has ``sample_heads``'s CPU tuning
+    (freed memory kept, denormals flushed). Calls block, so the two sides alternate and
+    never overlap."""
+
+    def __init__(self, model: AttentionOnlyTransformer, tokens: torch.Tensor,
+                 tuned: bool) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.proc = ctx.Process(target=_devinterp_worker, daemon=True,
+                                args=(child, state, tokens, tuned))
+        self.proc.start()
+        self.logit_diff = self._receive("ready")
+
+    def _receive(self, kind: str):
+        tag, value = self.conn.recv()
+        if tag == "error":
+            raise RuntimeError(f"devinterp process failed:\n{value}")
+        assert tag == kind, tag
+        return value
+
+    def run(self, heads: list[str], draws: int, workdir: str) -> Run:
+        self.conn.send((heads, draws, workdir))
+        return self._receive("run")
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(timeout=30)
+
+
 def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precision: str) -> Run:
     """rllc's ``sample_heads``: L(w*) once, then each layer's heads × chains as one batch."""
     cfg = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=NBETA, chains=CHAINS,
@@ -267,7 +320,8 @@ def main() -> None:
                         help="all 16 heads × 200 draws on both sides (hours on a CPU)")
     parser.add_argument("--draws", type=int, default=8, help="draws per chain (default 8)")
     parser.add_argument("--heads", default="0:1,1:6",
-                        help="heads devinterp samples when not --full (≥ one per layer)")
+                        help="heads devinterp samples when not --full (≥ one per layer), "
+                        "or 'all'")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed repeats")
     parser.add_argument("--precision", choices=["bfloat16", "float32"], default="bfloat16",
                         help="rllc's matmul precision (bfloat16: bf16 operands, fp32 "
@@ -277,13 +331,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
     parser.add_argument("--no-install", action="store_true",
                         help="fail instead of pip-installing the bench extra")
+    parser.add_argument("--devinterp-tuned", action="store_true",
+                        help="give devinterp's process rllc's CPU tuning too (freed memory "
+                        "kept, denormals flushed: rllc.estimators.cputune)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     ensure_bench_extra(not args.no_install)
     all_heads = PAPER.head_ids
     draws = FULL_DRAWS if args.full else args.draws
-    dev_heads = all_heads if args.full else [h.strip() for h in args.heads.split(",")]
+    dev_heads = (all_heads if args.full or args.heads == "all"
+                 else [h.strip() for h in args.heads.split(",")])
     if {int(h.split(":")[0]) for h in dev_heads} != set(range(PAPER.n_layers)):
         sys.exit("--heads needs at least one head of every layer (per-layer step times differ)")
     threads = torch.get_num_threads()
@@ -292,11 +350,12 @@ def main() -> None:
 
     model = trained_model(args.train_steps)
     tokens = synthetic_tokens(args.samples, seed=2)
-    tl = to_transformer_lens(model)
-    logit_diff = check_same_function(model, tl, tokens[:4])
-    log(f"TransformerLens logits agree with rllc's to {logit_diff:.1e}")
-    # compile rllc's kernels before timing (once per process, like imports)
-    rllc_run(model, tokens[:64], ["0:0", "1:0"], 1, args.precision)
+    log("starting the devinterp process")
+    devinterp = DevinterpProcess(model, tokens, args.devinterp_tuned)
+    log(f"TransformerLens logits agree with rllc's to {devinterp.logit_diff:.1e}")
+    tuning = tune_cpu()  # what sample_heads does by default; here before any timing
+    # compile rllc's kernels for the timed shapes before timing (once per process)
+    rllc_run(model, tokens, all_heads, 1, args.precision)
 
     workdir = tempfile.mkdtemp(prefix="rllc-vs-devinterp-")
     dev_runs, rllc_runs, ratios = [], [], []
@@ -306,7 +365,7 @@ def main() -> None:
             for side in order:
                 log(f"repeat {rep + 1}/{args.repeats}: {side}")
                 if side == "devinterp":
-                    dev_runs.append(devinterp_run(tl, tokens, dev_heads, draws, workdir))
+                    dev_runs.append(devinterp.run(dev_heads, draws, workdir))
                 else:
                     rllc_runs.append(rllc_run(model, tokens, all_heads, draws, args.precision))
             d, r = dev_runs[-1], rllc_runs[-1]
@@ -317,6 +376,7 @@ def main() -> None:
                 ratios.append(full_point_seconds(d, per_layer, True)
                               / full_point_seconds(r, per_layer, False))
     finally:
+        devinterp.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
     speedup = statistics.median(ratios)
@@ -337,6 +397,9 @@ def main() -> None:
           f"{PAPER.n_layers} × {PAPER.n_heads} heads, context {PAPER.n_ctx}, vocabulary "
           f"{PAPER.d_vocab}), batch {BATCH}, ε={EPS}, γ={GAMMA:g}, nβ={NBETA:g}, "
           f"{CHAINS} chains, {threads} threads, rllc precision {args.precision}")
+    tuned = {True: "tuned (freed memory kept, denormals flushed)", False: "default settings"}
+    print(f"process: rllc {tuned[all(tuning.values())]}, devinterp "
+          f"{tuned[args.devinterp_tuned]} (each side in its own process)")
     if args.full:
         print(f"full point: {len(all_heads)} heads × {CHAINS} chains × {draws} draws on both "
               "sides")
@@ -380,6 +443,8 @@ def main() -> None:
             "devinterp_full_point_s": dev_full,
             "rllc_full_point_s": rllc_full,
             "threads": threads,
+            "rllc_cpu_tuning": tuning,
+            "devinterp_cpu_tuning": args.devinterp_tuned,
             "estimates": {h: {"rllc": rllc_est[h], "devinterp": dev_est.get(h)}
                           for h in all_heads},
         }))

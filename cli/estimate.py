@@ -111,6 +111,11 @@ def model(
         int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: "
                                  "torch's; 1 is fastest on a busy shared machine).")
     ] = None,
+    precision: Annotated[
+        str, typer.Option("--precision", help="A head's matmul precision: float32 (exact) "
+                          "or bfloat16 (bf16 operands, fp32 accumulation; faster on GPUs "
+                          "and CPUs with bf16 units).")
+    ] = "float32",
     step_size: StepSize = None,
     localization: Localization = None,
     nbeta: NBeta = None,
@@ -129,7 +134,7 @@ def model(
     import torch
 
     from rllc.jobs.session import CheckpointSession
-    from rllc.jobs.spec import DataOptions, SpecError, check_dataset
+    from rllc.jobs.spec import ComputeOptions, DataOptions, SpecError, check_dataset
     from rllc.jobs.sweep_plan import expand_checkpoints
     from rllc.models.checkpoint import CheckpointError
 
@@ -141,10 +146,14 @@ def model(
         draws=draws, burnin=burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
         preconditioner=preconditioner, seed=seed,
     ))
+    if precision not in ("float32", "bfloat16"):
+        raise UsageError(f"--precision must be float32 or bfloat16, got {precision!r}")
     try:
         check_dataset(dataset)
         target = expand_checkpoints([checkpoint])[-1]
-        session = CheckpointSession(target, DataOptions(n_sequences=sequences), device)
+        compute = ComputeOptions(precision=precision)
+        session = CheckpointSession(target, DataOptions(n_sequences=sequences), device,
+                                    compute)
     except SpecError as err:
         raise UsageError(err.message) from None
     except (CheckpointError, ValueError) as err:
@@ -160,6 +169,7 @@ def model(
         "diverged_chains": est.diverged_chains, "seconds": time.perf_counter() - start,
         "sampling_seconds": result.seconds, "num_weights": result.num_weights,
         "nbeta": result.nbeta, "init_loss": result.init_loss,
+        "path": result.extra.get("path"), "precision": result.extra.get("precision", "float32"),
         "mala_acceptance": _finite_mean(result.mala_acceptance[:, config.burnin:]),
     }
     emit(out, as_json, _model_text)

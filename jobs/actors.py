@@ -72,7 +72,8 @@ class CheckpointWorker:
             self.session = None  # free the old model first: one checkpoint per device
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            self.session = CheckpointSession(checkpoint, self.plan.spec.data)
+            self.session = CheckpointSession(checkpoint, self.plan.spec.data,
+                                             compute=self.plan.spec.compute)
         return self.session
 
     def where(self) -> dict[str, Any]:
@@ -86,8 +87,22 @@ class CheckpointWorker:
 
     def run_cell(self, key: CellKey) -> dict[str, Any]:
         """Sample one cell with all its chains, store its traces, return its summary."""
-        key = CellKey(*key)
-        session = self.load(key.checkpoint)
-        result = session.sample(key.component, key.dataset, self.plan.cell_config(key.seed))
-        self.store.write_cell(self.plan.sweep_id, key, result)
-        return cell_summary(key, result)
+        return self.run_unit([key])[0]
+
+    def run_unit(self, keys: list[CellKey]) -> list[dict[str, Any]]:
+        """Sample cells that share checkpoint, dataset and seed in one batched call (a
+        layer's heads, see ``SweepPlan.units``), store each cell's traces, return their
+        summaries."""
+        keys = [CellKey(*k) for k in keys]
+        first = keys[0]
+        if any((k.checkpoint, k.dataset, k.seed) != (first.checkpoint, first.dataset,
+                                                      first.seed) for k in keys):
+            raise ValueError("a work unit's cells must share checkpoint, dataset and seed")
+        session = self.load(first.checkpoint)
+        results = session.sample_many([k.component for k in keys], first.dataset,
+                                      self.plan.cell_config(first.seed))
+        out = []
+        for key in keys:
+            self.store.write_cell(self.plan.sweep_id, key, results[key.component])
+            out.append(cell_summary(key, results[key.component]))
+        return out

@@ -4,6 +4,10 @@ sweep worker (no Ray), also behind ``rllc estimate model``.
 A session loads the model once, draws each loss dataset once, and computes L_n(w*) once
 per dataset: it is the same for every component and seed of the checkpoint (up to the
 config fields ``full_data_loss`` reads), so every cell reuses it via ``init_loss=``.
+
+Cells go through ``rllc.models.fastpath.sample_heads``: heads of an attention-only model
+take the head fast path (several heads of one layer sampled as one batch when asked
+together, ``sample_many``), other components the general vectorized sampler.
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ from torch import Tensor
 from rllc.data.datasets import load_dataset
 from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
 from rllc.models.checkpoint import load_checkpoint
-from rllc.models.components import component_selection
+from rllc.models.components import component_selection, parse_component
+from rllc.models.fastpath import (
+    fast_path_reason,
+    frozen_data_loss,
+    head_noise_key,
+    sample_heads,
+)
 from rllc.models.objective import lm_objective
 
-from .spec import DataOptions
+from .spec import ComputeOptions, DataOptions
 
 
 def default_device() -> str:
@@ -29,9 +39,14 @@ class CheckpointSession:
     """A checkpoint with its loss datasets and cached L_n(w*), sampling one cell at a time."""
 
     def __init__(
-        self, checkpoint: str, data: DataOptions | None = None, device: str | None = None
+        self,
+        checkpoint: str,
+        data: DataOptions | None = None,
+        device: str | None = None,
+        compute: ComputeOptions | None = None,
     ) -> None:
         self.checkpoint = checkpoint
+        self.compute = compute or ComputeOptions()
         self.device = device or default_device()
         self.model, self.tokenizer, self.meta = load_checkpoint(checkpoint, self.device)
         self.objective = lm_objective(self.model)
@@ -67,30 +82,53 @@ class CheckpointSession:
             self._datasets[name] = tokens.to(self.device)
         return self._datasets[name]
 
-    def init_loss(self, name: str, config: SGLDConfig) -> float:
+    def init_loss(self, name: str, config: SGLDConfig, precision: str = "float32") -> float:
         """L_n(w*) on dataset ``name``, computed once per distinct input of
-        ``full_data_loss`` (the seed only matters when it subsamples batches)."""
+        ``full_data_loss`` (the seed only matters when it subsamples batches). In
+        ``bfloat16`` it is the head fast path's frozen forward in that precision, so that
+        λ̂'s difference E[L] − L(w*) compares like with like."""
         sub = config.init_loss_batches
-        key = (name, config.batch_size, sub, config.seed if sub is not None else None)
+        key = (name, config.batch_size, sub, config.seed if sub is not None else None,
+               precision)
         if key not in self._init_loss:
-            params = {k: v.detach() for k, v in self.model.named_parameters()}
-            params |= {k: v.detach() for k, v in self.model.named_buffers()}
-            self._init_loss[key] = full_data_loss(
-                self.objective, params, (self.dataset(name),), config
-            )
+            tokens = self.dataset(name)
+            if precision == "float32":
+                params = {k: v.detach() for k, v in self.model.named_parameters()}
+                params |= {k: v.detach() for k, v in self.model.named_buffers()}
+                loss = full_data_loss(self.objective, params, (tokens,), config)
+            else:
+                loss = frozen_data_loss(self.model, tokens, config, precision)
+            self._init_loss[key] = loss
         return self._init_loss[key]
+
+    def sample_many(
+        self, components: list[str], dataset: str, config: SGLDConfig, progress=False
+    ) -> dict[str, SamplingResult]:
+        """Cells of several components on one dataset with one config. Heads ``"L:H"`` of
+        an attention-only model take the head fast path, a layer's heads as one batch of
+        (head, chain) rows: each head's traces are those it gets alone (its noise depends
+        on its own id, the minibatches on the seed), up to float reassociation. Other
+        components (``"L:*"`` as one selection, ``embed``, patterns) run one by one on the
+        general sampler."""
+        fast = fast_path_reason(self.model) is None
+        heads = [c for c in components if fast and parse_component(c).kind == "head"]
+        tokens = self.dataset(dataset)
+        out: dict[str, SamplingResult] = {}
+        if heads:
+            precision = self.compute.precision
+            out |= sample_heads(self.model, tokens, heads, config, fast=True,
+                                init_loss=self.init_loss(dataset, config, precision),
+                                precision=precision, progress=progress)
+        for comp in (c for c in components if c not in out):
+            out[comp] = sample(self.model, self.objective, tokens,
+                               component_selection(self.model, comp), config,
+                               init_loss=self.init_loss(dataset, config),
+                               noise_key=head_noise_key(comp), progress=progress)
+            out[comp].extra["path"] = "general"
+        return {c: out[c] for c in components}
 
     def sample(
         self, component: str, dataset: str, config: SGLDConfig, progress=False
     ) -> SamplingResult:
-        """All ``config.chains`` chains of one cell in one vectorized ``sample`` call."""
-        selection = component_selection(self.model, component)
-        return sample(
-            self.model,
-            self.objective,
-            self.dataset(dataset),
-            selection,
-            config,
-            init_loss=self.init_loss(dataset, config),
-            progress=progress,
-        )
+        """All ``config.chains`` chains of one cell in one vectorized call."""
+        return self.sample_many([component], dataset, config, progress)[component]

@@ -9,6 +9,7 @@
                                        # or: "tuned:<path of a JSON sampler config>"
     store: ./rllc-store                # or s3://bucket/prefix
     data: {n_sequences: 256}           # how each loss dataset is drawn
+    compute: {precision: float32, batch_heads: true}   # how head cells are computed
     resources: {max_workers: 4}        # Ray actors, retries, in-flight bound
 
 Relative paths (checkpoints, store, datasets, ``tuned:``) are relative to the working
@@ -60,6 +61,25 @@ class DataOptions(BaseModel):
     seed: int = Field(0, description="Seed of the dataset draw (the same for every cell).")
 
 
+class ComputeOptions(BaseModel):
+    """How cells are computed (the head fast path, ``rllc.models.fastpath``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Head cells' matmul precision: float32 (exact), or bfloat16 operands "
+        "with fp32 accumulation for the unembedding and frozen later blocks (faster on "
+        "GPUs and AMX CPUs; L_n(w*) is then taken in the same precision).",
+    )
+    batch_heads: bool = Field(
+        True,
+        description="Sample the heads of one layer that share checkpoint, dataset and seed "
+        "as one batch (one work unit): the frozen prefix is computed once for all of them. "
+        "Each head's traces are those it gets alone, up to float reassociation.",
+    )
+
+
 class Resources(BaseModel):
     """What each Ray actor asks for, and how the driver bounds and retries work."""
 
@@ -82,7 +102,10 @@ class Resources(BaseModel):
         None, ge=1, description="Most actors at once (null: as many as the cluster fits)."
     )
     cells_in_flight: int = Field(
-        2, ge=1, description="Cells submitted to one actor at a time (one runs, the rest wait)."
+        2,
+        ge=1,
+        description="Work units (one cell, or the batched heads of a layer) submitted to one "
+        "actor at a time (one runs, the rest wait).",
     )
     max_retries: int = Field(
         2, ge=0, description="Reruns of a failing cell before its failure is recorded."
@@ -129,6 +152,7 @@ class SweepSpec(BaseModel):
     )
     store: str = Field(DEFAULT_STORE, description="Trace store: a path or s3://bucket/prefix.")
     data: DataOptions = Field(default_factory=DataOptions)
+    compute: ComputeOptions = Field(default_factory=ComputeOptions)
     resources: Resources = Field(default_factory=Resources)
 
     @field_validator("name")

@@ -5,11 +5,13 @@
 
 The driver creates the sweep in the store once, before any worker starts, then skips the
 cells already done (so ``resume`` finishes an interrupted sweep without redoing work).
-Each checkpoint's cells go to the one actor that holds that checkpoint
-(``rllc.jobs.actors.CheckpointWorker``); when they are done the actor moves on to the
-next checkpoint (one process start-up per worker, not per checkpoint). At most
-``resources.max_workers`` actors live at once and each has at most
-``resources.cells_in_flight`` cells submitted, so the driver holds a bounded set of refs
+Cells travel in work units (``SweepPlan.units``): with ``compute.batch_heads`` the heads
+of one layer that share checkpoint, dataset and seed are sampled as one batch on the head
+fast path; other cells are units of one. Each checkpoint's units go to the one actor that
+holds that checkpoint (``rllc.jobs.actors.CheckpointWorker``); when they are done the actor
+moves on to the next checkpoint (one process start-up per worker, not per checkpoint). At
+most ``resources.max_workers`` actors live at once and each has at most
+``resources.cells_in_flight`` units submitted, so the driver holds a bounded set of refs
 and waits on them with ``ray.wait``.
 
 Failures:
@@ -17,8 +19,8 @@ Failures:
   tasks (``max_task_retries``); the restarted actor reloads the checkpoint of the cell it
   gets. If it stays dead the driver starts a new actor in its place and resubmits the
   cells, counting one attempt per cell;
-- a cell that raises is rerun up to ``resources.max_retries`` times, then its error text
-  is recorded with ``write_failure`` and the sweep goes on.
+- a unit that raises is rerun up to ``resources.max_retries`` times, then its error text
+  is recorded with ``write_failure`` for each of its cells and the sweep goes on.
 No cell is lost (it stays queued until done or recorded as failed) and none is counted
 twice (results are keyed by cell; a rerun rewrites the same numbers, see ``actors``).
 """
@@ -42,6 +44,7 @@ from .actors import CheckpointWorker
 from .spec import Resources, SpecError, SweepSpec
 from .sweep_plan import SweepPlan, resolve
 
+Unit = tuple[CellKey, ...]  # cells sampled in one call (SweepPlan.units)
 _ERROR_CHARS = 4000  # enough for a traceback's last frames; the store keeps one per cell
 
 
@@ -147,6 +150,16 @@ def prepare_store(plan: SweepPlan, resume: bool) -> TraceStore:
             "`rllc sweep run`",
         )
     store.create_sweep(plan.sweep_id, plan.grid, plan.config, plan.spec.model_dump(mode="json"))
+    if exists:  # the grid and sampler config are checked by create_sweep; numerics here
+        before = store.sweep_spec(plan.sweep_id).get("compute", {})
+        now = plan.spec.compute.model_dump(mode="json")
+        if before.get("precision", "float32") != now["precision"]:
+            raise SpecError(
+                "compute.precision",
+                f"sweep {plan.sweep_id!r} was started with precision "
+                f"{before.get('precision', 'float32')!r}, not {now['precision']!r}; resume it "
+                "unchanged or use a new sweep id",
+            )
     return store
 
 
@@ -161,8 +174,8 @@ class _Driver:
     """The submit / wait / collect loop of one sweep run.
 
     Worker slots (at most ``max_workers``) each hold one actor and are assigned one
-    checkpoint at a time; all queued cells of that checkpoint go to that actor, then the
-    slot takes the next checkpoint with queued cells. A slot with nothing left to take
+    checkpoint at a time; all queued units of that checkpoint go to that actor, then the
+    slot takes the next checkpoint with queued units. A slot with nothing left to take
     kills its actor, freeing its resources.
     """
 
@@ -174,14 +187,14 @@ class _Driver:
         res = plan.spec.resources
         self.options, fit = actor_options(res, ray.cluster_resources())
         self.threads = max(1, int(res.num_cpus))
-        self.queues: dict[str, deque[CellKey]] = {}  # checkpoint → its cells to run
-        for key in todo:
-            self.queues.setdefault(key.checkpoint, deque()).append(key)
+        self.queues: dict[str, deque[Unit]] = {}  # checkpoint → its units to run
+        for unit in plan.units(todo):
+            self.queues.setdefault(unit[0].checkpoint, deque()).append(unit)
         self.slots = min(res.max_workers or fit, fit, len(self.queues))
         self.actors: dict[int, Any] = {}  # slot → actor
         self.assigned: dict[int, str] = {}  # slot → checkpoint
-        self.in_flight: dict[Any, tuple[CellKey, int, Any]] = {}  # ref → (cell, slot, actor)
-        self.attempts: Counter[CellKey] = Counter()
+        self.in_flight: dict[Any, tuple[Unit, int, Any]] = {}  # ref → (unit, slot, actor)
+        self.attempts: Counter[Unit] = Counter()
         self.summaries: dict[CellKey, dict[str, Any]] = {}
         self.failed = 0
         # The plan is small (labels and settings), so it travels inline with each actor's
@@ -206,7 +219,7 @@ class _Driver:
 
     def _fill(self) -> None:
         """Give idle slots the next checkpoints, start their actors, and top each actor up
-        to ``cells_in_flight`` submitted cells; kill the actors of slots left idle."""
+        to ``cells_in_flight`` submitted units; kill the actors of slots left idle."""
         limit = self.plan.spec.resources.cells_in_flight
         for slot in range(self.slots):
             current = self.assigned.get(slot)
@@ -225,36 +238,38 @@ class _Driver:
                 )
             actor, queue = self.actors[slot], self.queues.get(current)
             while queue and self._busy(slot) < limit:
-                key = queue.popleft()
-                self.in_flight[actor.run_cell.remote(key)] = (key, slot, actor)
+                unit = queue.popleft()
+                self.in_flight[actor.run_unit.remote(list(unit))] = (unit, slot, actor)
         self.queues = {c: q for c, q in self.queues.items() if q}
 
     def _collect(self, ref: Any) -> None:
-        key, slot, actor = self.in_flight.pop(ref)
+        unit, slot, actor = self.in_flight.pop(ref)
         try:
-            summary = self.ray.get(ref)
+            summaries = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as err:
             # Dead beyond its restarts (or unreachable): the next _fill starts a fresh
             # actor in the slot; the slot's other cells come back here too. Kill the old
             # one in case it was only unreachable, so it cannot hold resources.
             if self.actors.get(slot) is actor:
                 self.ray.kill(self.actors.pop(slot), no_restart=True)
-            self._retry_or_fail(key, err)
+            self._retry_or_fail(unit, err)
         except self.ray.exceptions.RayError as err:
-            self._retry_or_fail(key, err)
+            self._retry_or_fail(unit, err)
         else:
-            self.summaries[key] = summary
-            self.bar.update(1)
+            for key, summary in zip(unit, summaries, strict=True):
+                self.summaries[key] = summary
+            self.bar.update(len(unit))
 
-    def _retry_or_fail(self, key: CellKey, err: BaseException) -> None:
-        self.attempts[key] += 1
-        if self.attempts[key] <= self.plan.spec.resources.max_retries:
-            self.queues.setdefault(key.checkpoint, deque()).appendleft(key)
+    def _retry_or_fail(self, unit: Unit, err: BaseException) -> None:
+        self.attempts[unit] += 1
+        if self.attempts[unit] <= self.plan.spec.resources.max_retries:
+            self.queues.setdefault(unit[0].checkpoint, deque()).appendleft(unit)
             return
-        self.store.write_failure(self.plan.sweep_id, key, error_text(err))
-        self.failed += 1
+        for key in unit:
+            self.store.write_failure(self.plan.sweep_id, key, error_text(err))
+        self.failed += len(unit)
         self.bar.set_postfix(failed=self.failed, refresh=False)
-        self.bar.update(1)
+        self.bar.update(len(unit))
 
 
 def run_sweep(

@@ -5,12 +5,14 @@ each entry), reads each checkpoint's metadata (its step and architecture) and ch
 components against it, expanding ``"L:*"`` into heads. ``plan`` adds the work estimate:
 
     sgld_steps        = cells × chains × draws × steps_per_draw   (per-chain SGLD steps)
-    estimated_seconds = (checkpoints · t_load + cells · draws · steps_per_draw · t_step)
+    estimated_seconds = (checkpoints · t_load
+                         + checkpoints · datasets · seeds · draws · steps_per_draw · t_step)
                         / workers
 
-where t_step (one vectorized step of all chains) and t_load (checkpoint, datasets and
-L_n(w*)) are timed on this machine with the first checkpoint, component and dataset, using
-the actors' thread count, and workers = min(checkpoints, resources.max_workers or the
+where t_step (one step of every work unit of a checkpoint, dataset and seed: all chains,
+a layer's heads batched together) and t_load (checkpoint, datasets and L_n(w*)) are timed
+on this machine with the first checkpoint, dataset and seed, using the actors' thread
+count, and workers = min(checkpoints, resources.max_workers or the
 local CPUs ÷ resources.num_cpus). It is an estimate for a local run; a cluster with
 more (or GPU) workers is faster.
 """
@@ -21,6 +23,7 @@ import glob
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -31,9 +34,9 @@ from rllc.data.datasets import DATASETS
 from rllc.estimators import SelectionError, SGLDConfig
 from rllc.models import uri as U
 from rllc.models.checkpoint import CheckpointError, list_checkpoints, read_meta, step_of
-from rllc.models.components import component_selection, expand_components
+from rllc.models.components import component_selection, expand_components, parse_component
 from rllc.models.transformer import AttentionOnlyTransformer, TransformerConfig
-from rllc.store import SweepGrid
+from rllc.store import CellKey, SweepGrid
 
 from .session import CheckpointSession
 from .spec import SpecError, SweepSpec
@@ -65,6 +68,19 @@ class SweepPlan:
     @property
     def cells(self) -> int:
         return math.prod(self.grid.shape)
+
+    def units(self, cells: Iterable[CellKey]) -> list[tuple[CellKey, ...]]:
+        """``cells`` in work units, the order kept: with ``compute.batch_heads`` the heads
+        ``"L:H"`` of one layer that share checkpoint, dataset and seed form one unit (one
+        batched ``sample_heads`` call); every other cell is a unit of its own."""
+        groups: dict[tuple, list[CellKey]] = {}
+        for key in cells:
+            comp = parse_component(key.component)
+            batch = self.spec.compute.batch_heads and comp.kind == "head"
+            layer = comp.layer if batch else key.component
+            groups.setdefault((key.checkpoint, key.dataset, key.seed, batch, layer),
+                              []).append(key)
+        return [tuple(g) for g in groups.values()]
 
     @property
     def sgld_steps(self) -> int:
@@ -192,35 +208,50 @@ def resolve(spec: SweepSpec) -> SweepPlan:
 
 @dataclass(frozen=True)
 class Timing:
-    """Measured costs: one vectorized SGLD step, and preparing one checkpoint."""
+    """Measured costs: one SGLD step of each work unit of a (checkpoint, dataset, seed)
+    (all its chains, a batched layer's heads together), and preparing one checkpoint."""
 
-    step_seconds: float
+    unit_step_seconds: tuple[float, ...]
     load_seconds: float
+
+    @property
+    def step_seconds(self) -> float:
+        """One SGLD step of every cell of a (checkpoint, dataset, seed)."""
+        return sum(self.unit_step_seconds)
 
 
 def time_plan(plan: SweepPlan, steps: int = 4) -> Timing:
-    """Time ``steps`` SGLD steps of the first cell, and loading its checkpoint, with the
-    actors' thread count."""
+    """Time ``steps`` SGLD steps of each work unit of the first checkpoint, dataset and
+    seed, and loading that checkpoint, with the actors' thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(plan.spec.resources.num_cpus)))
     try:
-        key = next(plan.grid.cells())
+        first = next(plan.grid.cells())
+        units = [u for u in plan.units(plan.grid.cells())
+                 if (u[0].checkpoint, u[0].dataset, u[0].seed)
+                 == (first.checkpoint, first.dataset, first.seed)]
         start = time.perf_counter()
-        session = CheckpointSession(key.checkpoint, plan.spec.data)
-        config = plan.cell_config(key.seed)
-        session.init_loss(key.dataset, config)
+        session = CheckpointSession(first.checkpoint, plan.spec.data,
+                                    compute=plan.spec.compute)
+        config = plan.cell_config(first.seed)
+        session.init_loss(first.dataset, config, plan.spec.compute.precision)
         load = time.perf_counter() - start
-        stamps: list[float] = []  # when each step ended
-
-        def stamp(step: int, total: int) -> None:
-            stamps.append(time.perf_counter())
-
         probe = config.model_copy(update={"draws": steps + 1, "burnin": 0, "steps_per_draw": 1})
-        session.sample(key.component, key.dataset, probe, progress=stamp)
-        step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # the first step warms up
+        per_unit = []
+        for unit in units:
+            stamps: list[float] = []  # when each step ended
+
+            def stamp(step: int, total: int, stamps=stamps) -> None:
+                stamps.append(time.perf_counter())
+
+            session.sample_many([k.component for k in unit], first.dataset, probe,
+                                progress=stamp)
+            # the first step warms up (and compiles, once per shape)
+            per_unit.append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
     finally:
         torch.set_num_threads(threads)
-    return Timing(step_seconds=step, load_seconds=load * len(plan.grid.datasets))
+    return Timing(unit_step_seconds=tuple(per_unit),
+                  load_seconds=load * len(plan.grid.datasets))
 
 
 def local_workers(plan: SweepPlan) -> int:
@@ -253,10 +284,13 @@ def plan(spec: SweepSpec, timing: bool = True) -> dict[str, Any]:
     if timing:
         t = time_plan(p)
         workers = local_workers(p)
-        serial = len(p.grid.checkpoints) * t.load_seconds + p.cells * c.total_steps * t.step_seconds
+        g = p.grid
+        groups = len(g.checkpoints) * len(g.datasets) * len(g.seeds)
+        serial = len(g.checkpoints) * t.load_seconds + groups * c.total_steps * t.step_seconds
         out |= {
             "estimated_seconds": serial / workers,
-            "seconds_per_step": t.step_seconds,
+            "seconds_per_step": t.step_seconds / len(g.components),  # per cell, on average
+            "units": len(p.units(g.cells())),
             "workers": workers,
         }
     return out

@@ -233,6 +233,8 @@ class HeadLayerStep:
         max_rows: int | None = None,
         lowrank: bool = False,
     ) -> None:
+        """``max_rows``: at most this many rows per forward/backward pass (default: about
+        2²⁴ numbers per [rows, B, T, D] activation, at least one chain of every head)."""
         self.fm = FrozenTransformer(model, numerics)
         cfg: TransformerConfig = model.cfg
         self.cfg, self.layer, self.heads = cfg, layer, list(heads)
@@ -350,8 +352,11 @@ class HeadLayerStep:
         C = R // H
         grad, loss = torch.empty_like(theta), theta.new_empty(R)
         # Rows go in parts of whole chains (every head's row of a chain together), so each
-        # part stays head-major and max_rows bounds the memory of one pass.
-        per_part = C if self.max_rows is None else max(1, self.max_rows // H)
+        # part stays head-major. By default a part's [rows, B, T, D] activations hold about
+        # 2²⁴ numbers: large enough for efficient matmuls, small enough to stay in a large
+        # last-level cache (on the paper-shaped model 16 rows, ≈ 8% faster than 32).
+        max_rows = self.max_rows or (1 << 24) // max(1, pre.tokens.numel() * self.cfg.d_model)
+        per_part = max(1, max_rows // H)
         for c0 in range(0, C, per_part):
             chains = range(c0, min(C, c0 + per_part))
             rows = torch.tensor([h * C + c for h in range(H) for c in chains])

@@ -34,6 +34,7 @@ from .layout import GroupLayout, group_path, validate_id
 from .sweep import (
     ATTR_CONFIG,
     ATTR_RLLC,
+    ATTR_SPEC,
     SWEEP_VARIABLES,
     CellKey,
     SweepGrid,
@@ -220,6 +221,10 @@ class TraceStore(ABC):
     def sweep_config(self, sweep_id: str) -> SGLDConfig:
         """The sampler config the sweep was created with."""
         return config_from_attrs(self._sweep_attrs(sweep_id))
+
+    def sweep_spec(self, sweep_id: str) -> dict[str, Any]:
+        """The spec the sweep was created with, as given (JSON); ``{}`` if none was."""
+        return dict(self._sweep_attrs(sweep_id).get(ATTR_SPEC) or {})
 
     def write_cell(self, sweep_id: str, key: CellKey, result: SamplingResult) -> None:
         """Store one cell's traces, then mark it done (the flag is written last)."""

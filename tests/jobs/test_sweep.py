@@ -34,9 +34,10 @@ from rllc.jobs.spec import SpecError, parse_spec
 from rllc.jobs.sweep import run_sweep
 from rllc.jobs.sweep_plan import plan, resolve
 from rllc.jobs.train import QUICK, train
-from rllc.models import component_selection, lm_objective
+from rllc.models import component_selection, lm_objective, parse_component
 from rllc.models import uri as U
 from rllc.models.checkpoint import load_checkpoint
+from rllc.models.fastpath import sample_heads
 from rllc.store import CellKey, llc_table, open_store, open_sweep
 
 # Steps 0, 1 and 4 of a 2-layer × 2-head model: three checkpoints in a few seconds.
@@ -73,7 +74,8 @@ def make_spec(run_dir: str, store: str, **fields) -> dict:
 
 
 def assert_matches_direct_sample(store_uri: str, sweep: str, keys: list[CellKey]) -> None:
-    """Each stored cell equals a seeded rerun through ``sample()`` directly."""
+    """Each stored cell equals a seeded rerun of that cell alone: ``sample_heads`` for a
+    head (the sweep batched it with its layer's other heads), ``sample()`` otherwise."""
     ds = open_sweep(store_uri, sweep)
     config = open_store(store_uri).sweep_config(sweep)
     threads = torch.get_num_threads()
@@ -84,8 +86,11 @@ def assert_matches_direct_sample(store_uri: str, sweep: str, keys: list[CellKey]
             tokens = load_dataset(key.dataset, tokenizer, model.cfg.n_ctx, "eval",
                                   DATA["n_sequences"], 0, mix=meta["data"])
             cfg = config.model_copy(update={"seed": key.seed})
-            direct = sample(model, lm_objective(model), tokens,
-                            component_selection(model, key.component), cfg)
+            if parse_component(key.component).kind == "head":
+                direct = sample_heads(model, tokens, [key.component], cfg)[key.component]
+            else:
+                direct = sample(model, lm_objective(model), tokens,
+                                component_selection(model, key.component), cfg)
             cell = ds.sel(checkpoint=key.checkpoint, component=key.component,
                           dataset=key.dataset, seed=key.seed)
             np.testing.assert_allclose(cell["loss"].values, direct.loss, rtol=1e-6, atol=1e-7)
@@ -158,6 +163,51 @@ def test_plan_counts_cells_and_steps(run_dir, tmp_path):
                                         expand_layers=False)))
     assert list(same.grid.checkpoints) == out["checkpoints"]
     assert same.grid.components == ("0:*",)
+
+
+def test_units_batch_a_layers_heads(run_dir):
+    """Heads of one layer sharing checkpoint, dataset and seed form one unit; whole-layer
+    or named components stay cells of their own; batch_heads=False makes every cell one."""
+    spec = make_spec(run_dir, "s", components=["0:*", "1:1", "all"], seeds=[0],
+                     checkpoints=[run_dir + "/ckpt-0000004"], datasets=["dyck", "train"])
+    p = resolve(parse_spec(spec))
+    units = p.units(p.grid.cells())
+    assert sorted(len(u) for u in units) == [1, 1, 1, 1, 2, 2]
+    assert sorted(tuple(k.component for k in u) for u in units if len(u) == 2) == [
+        ("0:0", "0:1")] * 2
+    assert all(len({(k.checkpoint, k.dataset, k.seed) for k in u}) == 1 for u in units)
+    assert sorted(k for u in units for k in u) == sorted(p.grid.cells())
+    single = resolve(parse_spec(spec | {"compute": {"batch_heads": False}}))
+    assert all(len(u) == 1 for u in single.units(single.grid.cells()))
+    kept = resolve(parse_spec(spec | {"expand_layers": False}))
+    kept_units = kept.units(kept.grid.cells())
+    assert len(kept_units) == 6 and all(len(u) == 1 for u in kept_units)
+
+
+def test_session_samples_a_layer_as_one_batch_in_either_precision(run_dir):
+    """``sample_many``: a layer's heads in one fast-path batch, each head's traces as
+    when sampled alone (rtol 1e-6: float reassociation only); other components on the
+    general path. In bfloat16, L_n(w*) is taken in bfloat16 too and λ̂ stays within a
+    few standard errors of float32's."""
+    from rllc.jobs.session import CheckpointSession
+    from rllc.jobs.spec import ComputeOptions, DataOptions
+
+    ckpt = run_dir + "/ckpt-0000004"
+    cfg = parse_spec(make_spec(run_dir, "s")).sampler.model_copy(update={"draws": 20})
+    exact = CheckpointSession(ckpt, DataOptions(**DATA), device="cpu")
+    many = exact.sample_many(["1:0", "1:1", "embed"], "dyck", cfg)
+    assert many["1:0"].extra["batch_heads"] == ["1:0", "1:1"]
+    assert many["embed"].extra["path"] == "general"
+    alone = exact.sample("1:1", "dyck", cfg)
+    np.testing.assert_allclose(many["1:1"].loss, alone.loss, rtol=1e-6)
+    bf16 = CheckpointSession(ckpt, DataOptions(**DATA), device="cpu",
+                             compute=ComputeOptions(precision="bfloat16"))
+    low = bf16.sample("1:1", "dyck", cfg)
+    assert low.extra["precision"] == "bfloat16"
+    assert low.init_loss != alone.init_loss
+    assert abs(low.init_loss - alone.init_loss) < 1e-2 * alone.init_loss
+    a, b = alone.llc(), low.llc()
+    assert abs(a.llc_mean - b.llc_mean) <= 3 * np.hypot(a.llc_stderr, b.llc_stderr) + 0.05
 
 
 def test_cli_plan(run_dir, tmp_path):
@@ -260,6 +310,10 @@ class TestLocalRay:
                                        sampler=SAMPLER | {"draws": 11}))
         with pytest.raises(ValueError, match="different sampler config"):
             run_sweep(changed, resume=True, progress=False)
+        other = parse_spec(make_spec(run_dir, store, components=["0:*", "1:1"],
+                                     compute={"precision": "bfloat16"}))
+        with pytest.raises(SpecError, match=r"compute\.precision: sweep .tiny. was started"):
+            run_sweep(other, resume=True, progress=False)
 
     def test_failing_cells_are_recorded_and_the_rest_complete(self, run_dir, tmp_path):
         bad = tmp_path / "bad.npy"
