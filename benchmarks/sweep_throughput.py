@@ -1,8 +1,10 @@
-"""Sweep throughput: cells per minute with 1 and 2 Ray workers, side by side.
+"""Sweep throughput: cells per minute with 1 and 2 Ray workers, and with the heads of a
+layer batched into one work unit or not, side by side.
 
 The same tiny sweep (checkpoints of a briefly trained 2-layer × 2-head model, every head,
-the dyck dataset, two seeds) runs into a fresh store once per worker count, on one local
-Ray runtime with 2 CPUs. Wall-clock time covers the whole ``run_sweep`` (actor start-up,
+the dyck dataset, two seeds) runs into a fresh store once per setting (1 worker one cell
+at a time, 1 worker with batched heads, 2 workers with batched heads), on one local Ray
+runtime with 2 CPUs. Wall-clock time covers the whole ``run_sweep`` (actor start-up,
 checkpoint loading, sampling, writing traces), as a user would see it; ``s/cell`` is the
 mean sampling time of one cell inside its worker.
 
@@ -32,7 +34,7 @@ def tiny_run(out: str) -> str:
     return out
 
 
-def sweep_spec(run: str, store: str, workers: int, draws: int) -> dict:
+def sweep_spec(run: str, store: str, workers: int, draws: int, batch_heads: bool) -> dict:
     return {
         "name": "throughput",
         "checkpoints": [run],
@@ -43,8 +45,13 @@ def sweep_spec(run: str, store: str, workers: int, draws: int) -> dict:
                     "step_size": 1e-4, "localization": 100.0},
         "store": store,
         "data": {"n_sequences": 32},
+        "compute": {"batch_heads": batch_heads},
         "resources": {"max_workers": workers, "num_cpus": 1},
     }
+
+
+#: (workers, batch_heads) of each timed setting, in the order run
+SETTINGS = ((1, False), (1, True), (2, True))
 
 
 def main() -> None:
@@ -60,42 +67,51 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
         try:
             rows = []
-            for workers in (1, 2):
+            for workers, batch in SETTINGS:
                 seconds, per_cell, cells = [], [], 0
                 for i in range(args.repeats):
-                    store = str(Path(tmp, f"store-{workers}-{i}"))
-                    spec = parse_spec(sweep_spec(run, store, workers, args.draws))
+                    store = str(Path(tmp, f"store-{workers}-{batch}-{i}"))
+                    spec = parse_spec(sweep_spec(run, store, workers, args.draws, batch))
                     report = run_sweep(spec, progress=False)
                     assert report.cells_done == report.cells_total, report.as_dict()
                     seconds.append(report.seconds)
                     per_cell += [c["seconds"] for c in report.summaries]
                     cells = report.cells_total
                 wall = statistics.median(seconds)
-                rows.append({"workers": workers, "cells": cells, "seconds": wall,
+                rows.append({"workers": workers, "batch_heads": batch, "cells": cells,
+                             "seconds": wall,
                              "cells_per_minute": 60 * cells / wall,
                              "cell_seconds": statistics.mean(per_cell)})
         finally:
             ray.shutdown()
 
-    speedup = rows[1]["cells_per_minute"] / rows[0]["cells_per_minute"]
-    # s/cell: mean sampling time of one cell inside its worker; if it grows with the
-    # worker count, the workers are competing for cores (e.g. other load on the machine).
-    print(f"{'workers':>7}  {'cells':>5}  {'seconds':>8}  {'cells/min':>9}  {'s/cell':>6}")
+    single, batched, two = rows
+    speedup = two["cells_per_minute"] / batched["cells_per_minute"]
+    batching = batched["cells_per_minute"] / single["cells_per_minute"]
+    # s/cell: mean sampling time of one cell inside its worker (a batched unit's time is
+    # shared by its cells); if it grows with the worker count, the workers are competing
+    # for cores (e.g. other load on the machine).
+    print(f"{'workers':>7}  {'heads':>9}  {'cells':>5}  {'seconds':>8}  {'cells/min':>9}  "
+          f"{'s/cell':>6}")
     for r in rows:
-        print(f"{r['workers']:>7}  {r['cells']:>5}  {r['seconds']:>8.1f}  "
+        heads = "batched" if r["batch_heads"] else "one/cell"
+        print(f"{r['workers']:>7}  {heads:>9}  {r['cells']:>5}  {r['seconds']:>8.1f}  "
               f"{r['cells_per_minute']:>9.1f}  {r['cell_seconds']:>6.2f}")
+    print(f"speed-up from batching a layer's heads (1 worker): {batching:.2f}×")
     print(f"speed-up with 2 workers: {speedup:.2f}× ({args.draws} draws × 2 chains per cell)")
     if args.json:
         print(json.dumps({
             "cells": rows[0]["cells"],
             "draws": args.draws,
-            "cells_per_minute_1": rows[0]["cells_per_minute"],
-            "cells_per_minute_2": rows[1]["cells_per_minute"],
-            "seconds_1": rows[0]["seconds"],
-            "seconds_2": rows[1]["seconds"],
-            "cell_seconds_1": rows[0]["cell_seconds"],
-            "cell_seconds_2": rows[1]["cell_seconds"],
+            "cells_per_minute_1": batched["cells_per_minute"],
+            "cells_per_minute_2": two["cells_per_minute"],
+            "cells_per_minute_1_unbatched": single["cells_per_minute"],
+            "seconds_1": batched["seconds"],
+            "seconds_2": two["seconds"],
+            "cell_seconds_1": batched["cell_seconds"],
+            "cell_seconds_2": two["cell_seconds"],
             "speedup": speedup,
+            "batching_speedup": batching,
         }))
 
 

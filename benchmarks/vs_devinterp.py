@@ -4,9 +4,13 @@ Both libraries sample the same function (rllc's weights loaded into a Transforme
 ``HookedTransformer``, logits checked to agree to 1e-4), on the same data, batch size and
 SGLD hyperparameters (ε = 1e-3, γ = 200, nβ = 30, 4 chains, L(w*) from 32 batches), each
 restricting weights its own way (devinterp: ``create_param_masks(model, "l0h1")``; rllc:
-``sample_heads``). The two sides run alternately in one process and the median ratio of
+``sample_heads``). The two sides run alternately, each in its own process (devinterp with
+default process settings, rllc with ``sample_heads``'s CPU tuning), and the median ratio of
 their times is reported, with both sets of estimates (2-standard-error agreement rule of
-CLI.md) and rllc's achieved GFLOP/s against a matmul peak measured here.
+CLI.md) and rllc's achieved GFLOP/s against a matmul peak measured here. By default all
+chains share their minibatches, as both libraries do by default; with
+``--independent-batches`` every chain has its own on both sides, so chains are independent
+and the ESS-based standard errors behind the agreement check do not understate the truth.
 
 By default both sides run the same few draws (devinterp only on a subset of heads, one
 or more per layer; rllc on all 16, since it batches a layer's heads) and the time of the
@@ -14,8 +18,11 @@ full 16 heads × 4 chains × 200 draws point is extrapolated from the measured p
 times (the output says so); ``--full`` runs the whole point on both sides (≈ 2 h of
 devinterp on a 2-core CPU).
 
-    python benchmarks/vs_devinterp.py [--full] [--draws 8] [--heads 0:1,1:6] [--repeats 3]
-                                      [--precision bfloat16|float32] [--json]
+    python benchmarks/vs_devinterp.py [--full] [--draws 8] [--heads 0:1,1:6|all] [--repeats 3]
+                                      [--precision bfloat16|float32] [--independent-batches]
+                                      [--train-steps 400] [--json]
+
+``benchmarks/README.md`` has the measured figures and the commands that produced them.
 
 Needs the optional extra ``bench`` (devinterp 2.0.1, transformer-lens 3.9.0); it is
 installed with pip into this interpreter if missing (``--no-install`` to refuse), or by
@@ -97,12 +104,21 @@ def synthetic_tokens(n: int, seed: int) -> torch.Tensor:
     return tokens
 
 
+CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                     "rllc", "bench")
+
+
 def trained_model(steps: int) -> AttentionOnlyTransformer:
     """The paper-shaped model after ``steps`` AdamW steps on synthetic data (so that w* sits
-    near a minimum and the heads carry signal); random init if ``steps`` is 0."""
+    near a minimum and the heads carry signal); random init if ``steps`` is 0. Trained
+    weights are cached in ``~/.cache/rllc/bench`` (training takes minutes on a CPU)."""
     torch.manual_seed(0)
     model = AttentionOnlyTransformer(PAPER)
-    if steps:
+    path = os.path.join(CACHE, f"paper-{steps}.pt")
+    if steps and os.path.exists(path):
+        model.load_state_dict(torch.load(path, weights_only=True))
+        log(f"loaded the model trained {steps} steps from {path}")
+    elif steps:
         data = synthetic_tokens(steps * BATCH, seed=1)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
         for i in range(steps):
@@ -112,6 +128,9 @@ def trained_model(steps: int) -> AttentionOnlyTransformer:
             loss.backward()
             opt.step()
         log(f"trained {steps} steps: loss {loss.item():.3f}")
+        os.makedirs(CACHE, exist_ok=True)
+        torch.save(model.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
     return model.eval()
 
 
@@ -157,36 +176,43 @@ def check_same_function(model, tl, tokens: torch.Tensor) -> float:
 @dataclass
 class Run:
     total_s: float  # wall time of the whole call(s)
-    step_s: dict[int, float]  # seconds per (head, chain) SGLD step, by layer
-    fixed_s: float  # work outside SGLD steps: per head (devinterp) or per point (rllc)
+    # steady-state seconds per (head, chain) SGLD step, by layer: the time between the
+    # first and the last step's start over the steps between, so that one-off work of a
+    # chain (its first step's allocations, teardown) does not inflate per-step times
+    # measured on a few draws
+    step_s: dict[int, float]
+    fixed_s: float  # all the rest: per head (devinterp) or per point (rllc)
     llc: dict[str, tuple[float, float]]  # head → (λ̂, standard error)
     flops_per_step: dict[int, float] | None = None  # rllc: per (head, chain) step
 
 
-def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdir: str) -> Run:
+def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdir: str,
+                  independent: bool) -> Run:
     """devinterp's ``llc`` once per head (its chains run one after another)."""
     from datasets import Dataset
     from devinterp.slt import sampling
     from devinterp.slt.llc import llc
     from devinterp.slt.weight_restrictions import create_param_masks
 
-    # Time each chain's SGLD steps (first evaluation to return) apart from devinterp's
-    # per-head and per-chain setup (L(w*) per chain, model copies, Zarr stores).
-    steps = {"s": 0.0}
+    # Each chain's steady-state step time: the interval between its first and last step's
+    # loss evaluation over the steps between. Everything else (L(w*) per chain, model
+    # copies, Zarr stores, first-step allocations) is devinterp's per-head fixed cost.
+    steady = {"s": 0.0, "n": 0}
     original = sampling.sample_single_chain
 
     def timed_chain(*args, evaluate, **kwargs):
-        first: list[float] = []
+        stamps: list[float] = []
 
         def timed_evaluate(*a, **k):
-            if not first:
-                first.append(time.perf_counter())
+            stamps.append(time.perf_counter())
             return evaluate(*a, **k)
 
         try:
             return original(*args, evaluate=timed_evaluate, **kwargs)
         finally:
-            steps["s"] += time.perf_counter() - first[0] if first else 0.0
+            if len(stamps) > 1:
+                steady["s"] += stamps[-1] - stamps[0]
+                steady["n"] += len(stamps) - 1
 
     dataset = Dataset.from_dict({"input_ids": tokens.numpy()}).with_format("torch")
     per_step: dict[int, list[float]] = {}
@@ -197,21 +223,23 @@ def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdi
         for head in heads:
             layer, h = (int(x) for x in head.split(":"))
             out = os.path.join(workdir, f"devinterp-{layer}-{h}.zarr")
-            steps["s"] = 0.0
+            steady.update(s=0.0, n=0)
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = llc(tl, dataset, {}, lr=EPS, n_beta=NBETA, localization=GAMMA,
                           param_masks=create_param_masks(tl, f"l{layer}h{h}"),
                           num_chains=CHAINS, num_draws=draws, batch_size=BATCH,
-                          num_init_loss_batches=INIT_BATCHES, output_path=out)
+                          num_init_loss_batches=INIT_BATCHES, output_path=out,
+                          match_sampling_input_ids_across_chains=not independent)
             seconds = time.perf_counter() - start
             trace = np.asarray(res.loss_trace.values, dtype=np.float64)  # [chain, step]
             est = summarize(NBETA * (trace - float(res.init_loss)))
             estimates[head] = (est.llc_mean, est.llc_stderr)
             shutil.rmtree(out, ignore_errors=True)  # devinterp never deletes its Zarr store
-            per_step.setdefault(layer, []).append(steps["s"] / (CHAINS * draws))
-            fixed.append(seconds - steps["s"])
+            step = steady["s"] / max(1, steady["n"])
+            per_step.setdefault(layer, []).append(step)
+            fixed.append(seconds - step * CHAINS * draws)
         total = time.perf_counter() - start_all
     finally:
         sampling.sample_single_chain = original
@@ -229,8 +257,7 @@ def _devinterp_worker(conn, state: dict, tokens: torch.Tensor, tuned: bool) -> N
         tl = to_transformer_lens(model)
         conn.send(("ready", check_same_function(model, tl, tokens[:4])))
         while (msg := conn.recv()) is not None:
-            heads, draws, workdir = msg
-            conn.send(("run", devinterp_run(tl, tokens, heads, draws, workdir)))
+            conn.send(("run", devinterp_run(tl, tokens, *msg)))
     except Exception:  # report to the parent instead of dying silently
         import traceback
 
@@ -262,8 +289,8 @@ class DevinterpProcess:
         assert tag == kind, tag
         return value
 
-    def run(self, heads: list[str], draws: int, workdir: str) -> Run:
-        self.conn.send((heads, draws, workdir))
+    def run(self, heads: list[str], draws: int, workdir: str, independent: bool) -> Run:
+        self.conn.send((heads, draws, workdir, independent))
         return self._receive("run")
 
     def close(self) -> None:
@@ -271,21 +298,34 @@ class DevinterpProcess:
         self.proc.join(timeout=30)
 
 
-def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precision: str) -> Run:
+def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precision: str,
+             independent: bool) -> Run:
     """rllc's ``sample_heads``: L(w*) once, then each layer's heads × chains as one batch."""
     cfg = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=NBETA, chains=CHAINS,
-                     draws=draws, batch_size=BATCH, init_loss_batches=INIT_BATCHES)
+                     draws=draws, batch_size=BATCH, init_loss_batches=INIT_BATCHES,
+                     independent_batches=independent)
+    runs: list[list[float]] = []  # the start of each SGLD step, per layer run
+
+    def stamp(step: int, total: int) -> None:
+        if step == 1:
+            runs.append([])
+        runs[-1].append(time.perf_counter())
+
     start = time.perf_counter()
-    results = sample_heads(model, tokens, heads, cfg, precision=precision)
+    results = sample_heads(model, tokens, heads, cfg, precision=precision, progress=stamp)
     total = time.perf_counter() - start
-    batches: dict[int, tuple[float, float, int]] = {}  # layer → (seconds, flops/step, heads)
-    for head, res in results.items():
+    batches: dict[int, tuple[float, float, int]] = {}  # layer → (s/step, flops/step, heads)
+    for (head, res), stamps in zip(
+            dict((r.extra["batch_heads"][0], r) for r in results.values()).items(), runs,
+            strict=True):
         layer = int(head.split(":")[0])
         n = len(res.extra["batch_heads"])
-        batches[layer] = (res.extra["batch_seconds"], res.extra["flops_per_step"] * n, n)
-    step_s = {layer: s / (draws * CHAINS * n) for layer, (s, _, n) in batches.items()}
+        steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else (
+            res.extra["batch_seconds"] / draws)
+        batches[layer] = (steady, res.extra["flops_per_step"] * n, n)
+    step_s = {layer: s / (CHAINS * n) for layer, (s, _, n) in batches.items()}
     flops = {layer: f / (CHAINS * n) for layer, (_, f, n) in batches.items()}
-    fixed = total - sum(s for s, _, _ in batches.values())
+    fixed = total - sum(s * draws for s, _, _ in batches.values())
     estimates = {h: (r.llc().llc_mean, r.llc().llc_stderr) for h, r in results.items()}
     return Run(total, step_s, fixed, estimates, flops)
 
@@ -326,11 +366,16 @@ def main() -> None:
     parser.add_argument("--precision", choices=["bfloat16", "float32"], default="bfloat16",
                         help="rllc's matmul precision (bfloat16: bf16 operands, fp32 "
                         "accumulation; float32: exact)")
-    parser.add_argument("--train-steps", type=int, default=100,
+    parser.add_argument("--train-steps", type=int, default=400,
                         help="AdamW steps before sampling (0: random init)")
     parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
     parser.add_argument("--no-install", action="store_true",
                         help="fail instead of pip-installing the bench extra")
+    parser.add_argument("--independent-batches", action="store_true",
+                        help="each chain draws its own minibatches on both sides, so chains "
+                        "are independent and the ESS-based standard errors of the agreement "
+                        "check are honest (default: all chains share them, both libraries' "
+                        "default, whose standard errors understate the truth)")
     parser.add_argument("--devinterp-tuned", action="store_true",
                         help="give devinterp's process rllc's CPU tuning too (freed memory "
                         "kept, denormals flushed: rllc.estimators.cputune)")
@@ -355,7 +400,8 @@ def main() -> None:
     log(f"TransformerLens logits agree with rllc's to {devinterp.logit_diff:.1e}")
     tuning = tune_cpu()  # what sample_heads does by default; here before any timing
     # compile rllc's kernels for the timed shapes before timing (once per process)
-    rllc_run(model, tokens, all_heads, 1, args.precision)
+    independent = args.independent_batches
+    rllc_run(model, tokens, all_heads, 1, args.precision, independent)
 
     workdir = tempfile.mkdtemp(prefix="rllc-vs-devinterp-")
     dev_runs, rllc_runs, ratios = [], [], []
@@ -365,9 +411,10 @@ def main() -> None:
             for side in order:
                 log(f"repeat {rep + 1}/{args.repeats}: {side}")
                 if side == "devinterp":
-                    dev_runs.append(devinterp.run(dev_heads, draws, workdir))
+                    dev_runs.append(devinterp.run(dev_heads, draws, workdir, independent))
                 else:
-                    rllc_runs.append(rllc_run(model, tokens, all_heads, draws, args.precision))
+                    rllc_runs.append(rllc_run(model, tokens, all_heads, draws, args.precision,
+                                              independent))
             d, r = dev_runs[-1], rllc_runs[-1]
             if args.full:
                 ratios.append(d.total_s / r.total_s)
@@ -396,7 +443,8 @@ def main() -> None:
     print(f"rllc vs devinterp 2.0.1: paper-shaped model (d_model {PAPER.d_model}, "
           f"{PAPER.n_layers} × {PAPER.n_heads} heads, context {PAPER.n_ctx}, vocabulary "
           f"{PAPER.d_vocab}), batch {BATCH}, ε={EPS}, γ={GAMMA:g}, nβ={NBETA:g}, "
-          f"{CHAINS} chains, {threads} threads, rllc precision {args.precision}")
+          f"{CHAINS} chains ({'independent' if independent else 'shared'} minibatches), "
+          f"{threads} threads, rllc precision {args.precision}")
     tuned = {True: "tuned (freed memory kept, denormals flushed)", False: "default settings"}
     print(f"process: rllc {tuned[all(tuning.values())]}, devinterp "
           f"{tuned[args.devinterp_tuned]} (each side in its own process)")
@@ -445,6 +493,7 @@ def main() -> None:
             "threads": threads,
             "rllc_cpu_tuning": tuning,
             "devinterp_cpu_tuning": args.devinterp_tuned,
+            "independent_batches": independent,
             "estimates": {h: {"rllc": rllc_est[h], "devinterp": dev_est.get(h)}
                           for h in all_heads},
         }))
