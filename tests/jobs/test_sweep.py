@@ -247,6 +247,13 @@ def test_cli_estimate_model(run_dir):
     assert res.exit_code == 2 and "unknown head '7:0'" in res.stderr
     res = runner.invoke(app, [*args[:5], "--dataset", "nope"])
     assert res.exit_code == 2 and "unknown dataset 'nope'" in res.stderr
+    assert (out["path"], out["precision"]) == ("fast", "float32")
+    res = runner.invoke(app, [*args, "--precision", "bfloat16"])
+    assert res.exit_code == 0, res.output
+    low = json.loads(res.stdout.strip().splitlines()[-1])
+    assert low["precision"] == "bfloat16" and np.isfinite(low["llc_mean"])
+    res = runner.invoke(app, [*args, "--precision", "fp16"])
+    assert res.exit_code == 2 and "--precision must be float32 or bfloat16" in res.stderr
 
 
 # ---- 2 and 4. a local Ray runtime: complete, resume, failures, S3 ------------------------
