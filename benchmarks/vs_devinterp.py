@@ -134,7 +134,7 @@ def trained_model(steps: int) -> AttentionOnlyTransformer:
     return model.eval()
 
 
-def to_transformer_lens(model: AttentionOnlyTransformer):
+def to_transformer_lens(model: AttentionOnlyTransformer, device: str = "cpu"):
     """The same function as a TransformerLens ``HookedTransformer`` (attn_only, LN, learned
     positions added to the residual stream), weights copied from rllc's fused layout."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -143,7 +143,7 @@ def to_transformer_lens(model: AttentionOnlyTransformer):
     tl_cfg = HookedTransformerConfig(
         n_layers=cfg.n_layers, d_model=cfg.d_model, n_ctx=cfg.n_ctx, d_head=cfg.d_head,
         n_heads=cfg.n_heads, d_vocab=cfg.d_vocab, attn_only=True, normalization_type="LN",
-        positional_embedding_type="standard", act_fn=None, device="cpu", seed=0,
+        positional_embedding_type="standard", act_fn=None, device=device, seed=0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "HookedTransformer is deprecated" (TL 3.x)
@@ -157,7 +157,7 @@ def to_transformer_lens(model: AttentionOnlyTransformer):
         for name, tensor in model.head_views(layer).items():
             state[f"blocks.{layer}.attn.{name}"] = tensor
     missing, unexpected = tl.load_state_dict(
-        {k: v.detach().clone().contiguous() for k, v in state.items()}, strict=False)
+        {k: v.detach().clone().contiguous().to(device) for k, v in state.items()}, strict=False)
     if unexpected or any(not k.endswith((".mask", ".IGNORE")) for k in missing):
         raise RuntimeError(f"weight mapping incomplete: missing {missing}, extra {unexpected}")
     return tl
@@ -165,7 +165,8 @@ def to_transformer_lens(model: AttentionOnlyTransformer):
 
 def check_same_function(model, tl, tokens: torch.Tensor) -> float:
     with torch.no_grad():
-        diff = float((tl(tokens, return_type="logits") - model(tokens)).abs().max())
+        tl_logits = tl(tokens.to(tl.cfg.device), return_type="logits").cpu()
+        diff = float((tl_logits - model.cpu()(tokens)).abs().max())
     if diff > 1e-4:
         raise RuntimeError(f"TransformerLens logits differ from rllc's by {diff:.2e} > 1e-4")
     return diff
@@ -184,10 +185,11 @@ class Run:
     fixed_s: float  # all the rest: per head (devinterp) or per point (rllc)
     llc: dict[str, tuple[float, float]]  # head → (λ̂, standard error)
     flops_per_step: dict[int, float] | None = None  # rllc: per (head, chain) step
+    paired: dict[str, tuple[float, float]] | None = None  # rllc: the paired estimator's
 
 
 def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdir: str,
-                  independent: bool) -> Run:
+                  independent: bool, device: str) -> Run:
     """devinterp's ``llc`` once per head (its chains run one after another)."""
     from datasets import Dataset
     from devinterp.slt import sampling
@@ -231,7 +233,8 @@ def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdi
                           param_masks=create_param_masks(tl, f"l{layer}h{h}"),
                           num_chains=CHAINS, num_draws=draws, batch_size=BATCH,
                           num_init_loss_batches=INIT_BATCHES, output_path=out,
-                          match_sampling_input_ids_across_chains=not independent)
+                          match_sampling_input_ids_across_chains=not independent,
+                          device=device)
             seconds = time.perf_counter() - start
             trace = np.asarray(res.loss_trace.values, dtype=np.float64)  # [chain, step]
             est = summarize(NBETA * (trace - float(res.init_loss)))
@@ -247,17 +250,18 @@ def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdi
                statistics.mean(fixed), estimates)
 
 
-def _devinterp_worker(conn, state: dict, tokens: torch.Tensor, tuned: bool) -> None:
+def _devinterp_worker(conn, state: dict, tokens: torch.Tensor, tuned: bool,
+                      device: str) -> None:
     """Child process: devinterp with default process settings (or rllc's), serving runs."""
     try:
         if tuned:
             tune_cpu()
         model = AttentionOnlyTransformer(PAPER)
         model.load_state_dict(state)
-        tl = to_transformer_lens(model)
+        tl = to_transformer_lens(model, device)
         conn.send(("ready", check_same_function(model, tl, tokens[:4])))
         while (msg := conn.recv()) is not None:
-            conn.send(("run", devinterp_run(tl, tokens, *msg)))
+            conn.send(("run", devinterp_run(tl, tokens, *msg, device)))
     except Exception:  # report to the parent instead of dying silently
         import traceback
 
@@ -271,14 +275,14 @@ class DevinterpProcess:
     never overlap."""
 
     def __init__(self, model: AttentionOnlyTransformer, tokens: torch.Tensor,
-                 tuned: bool) -> None:
+                 tuned: bool, device: str) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         self.proc = ctx.Process(target=_devinterp_worker, daemon=True,
-                                args=(child, state, tokens, tuned))
+                                args=(child, state, tokens.cpu(), tuned, device))
         self.proc.start()
         self.logit_diff = self._receive("ready")
 
@@ -327,7 +331,9 @@ def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precisio
     flops = {layer: f / (CHAINS * n) for layer, (_, f, n) in batches.items()}
     fixed = total - sum(s * draws for s, _, _ in batches.values())
     estimates = {h: (r.llc().llc_mean, r.llc().llc_stderr) for h, r in results.items()}
-    return Run(total, step_s, fixed, estimates, flops)
+    paired = {h: (e.llc_mean, e.llc_stderr)
+              for h, e in ((h, r.llc(estimator="paired")) for h, r in results.items())}
+    return Run(total, step_s, fixed, estimates, flops, paired)
 
 
 def full_point_seconds(run: Run, heads_per_layer: int, per_head_fixed: bool) -> float:
@@ -337,14 +343,17 @@ def full_point_seconds(run: Run, heads_per_layer: int, per_head_fixed: bool) -> 
     return fixed + sum(s * steps for s in run.step_s.values())
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n×n×n ``torch.mm`` in ``dtype`` on this machine."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n×n×n ``torch.mm`` in ``dtype`` on ``device``."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
+    sync()
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
@@ -379,6 +388,8 @@ def main() -> None:
     parser.add_argument("--devinterp-tuned", action="store_true",
                         help="give devinterp's process rllc's CPU tuning too (freed memory "
                         "kept, denormals flushed: rllc.estimators.cputune)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where both sides sample (default: cuda when available)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -391,12 +402,13 @@ def main() -> None:
         sys.exit("--heads needs at least one head of every layer (per-layer step times differ)")
     threads = torch.get_num_threads()
     log(f"{threads} threads; measuring matmul peaks")
-    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    peaks = {p: matmul_peak(getattr(torch, p), args.device) for p in ("float32", "bfloat16")}
 
     model = trained_model(args.train_steps)
     tokens = synthetic_tokens(args.samples, seed=2)
     log("starting the devinterp process")
-    devinterp = DevinterpProcess(model, tokens, args.devinterp_tuned)
+    devinterp = DevinterpProcess(model, tokens, args.devinterp_tuned, args.device)
+    model, tokens = model.to(args.device), tokens.to(args.device)
     log(f"TransformerLens logits agree with rllc's to {devinterp.logit_diff:.1e}")
     tuning = tune_cpu()  # what sample_heads does by default; here before any timing
     # compile rllc's kernels for the timed shapes before timing (once per process)
@@ -444,7 +456,7 @@ def main() -> None:
           f"{PAPER.n_layers} × {PAPER.n_heads} heads, context {PAPER.n_ctx}, vocabulary "
           f"{PAPER.d_vocab}), batch {BATCH}, ε={EPS}, γ={GAMMA:g}, nβ={NBETA:g}, "
           f"{CHAINS} chains ({'independent' if independent else 'shared'} minibatches), "
-          f"{threads} threads, rllc precision {args.precision}")
+          f"{threads} threads, device {args.device}, rllc precision {args.precision}")
     tuned = {True: "tuned (freed memory kept, denormals flushed)", False: "default settings"}
     print(f"process: rllc {tuned[all(tuning.values())]}, devinterp "
           f"{tuned[args.devinterp_tuned]} (each side in its own process)")
@@ -465,12 +477,17 @@ def main() -> None:
     print(f"rllc: {gflops:.0f} GFLOP/s (matmul FLOPs of its steps) against a measured "
           f"{args.precision} matmul peak of {peak:.0f} GFLOP/s ({100 * gflops / peak:.0f}%); "
           f"fp32 peak {peaks['float32']:.0f}, bf16 peak {peaks['bfloat16']:.0f}")
-    print(f"\n{'head':6}{'devinterp λ̂ ± SE':>22}{'rllc λ̂ ± SE':>22}  agree (2 SE)")
+    # both libraries' estimator (plain) is compared; rllc's paired estimator, on the same
+    # traces, shows how much of each standard error is minibatch noise
+    paired = rllc_runs[0].paired or {}
+    print(f"\n{'head':6}{'devinterp λ̂ ± SE':>22}{'rllc λ̂ ± SE':>22}  agree (2 SE)"
+          f"{'rllc paired λ̂ ± SE':>24}")
     for h in all_heads:
         dv = f"{dev_est[h][0]:9.2f} ± {dev_est[h][1]:5.2f}" if h in dev_est else "—"
         rv = f"{rllc_est[h][0]:9.2f} ± {rllc_est[h][1]:5.2f}"
         ok = ("yes" if agree(dev_est[h], rllc_est[h]) else "NO") if h in dev_est else ""
-        print(f"{h:6}{dv:>22}{rv:>22}  {ok}")
+        pv = f"{paired[h][0]:9.2f} ± {paired[h][1]:5.2f}" if h in paired else ""
+        print(f"{h:6}{dv:>22}{rv:>22}  {ok:12}{pv:>24}")
     print(f"heads agreeing: {agreeing} of {len(compared)} compared")
     if args.json:
         print(json.dumps({
@@ -491,10 +508,12 @@ def main() -> None:
             "devinterp_full_point_s": dev_full,
             "rllc_full_point_s": rllc_full,
             "threads": threads,
+            "device": args.device,
             "rllc_cpu_tuning": tuning,
             "devinterp_cpu_tuning": args.devinterp_tuned,
             "independent_batches": independent,
-            "estimates": {h: {"rllc": rllc_est[h], "devinterp": dev_est.get(h)}
+            "estimates": {h: {"rllc": rllc_est[h], "devinterp": dev_est.get(h),
+                              "rllc_paired": paired.get(h)}
                           for h in all_heads},
         }))
 
