@@ -85,10 +85,6 @@ class CheckpointWorker:
             "checkpoint": self.session.checkpoint if self.session else None,
         }
 
-    def run_cell(self, key: CellKey) -> dict[str, Any]:
-        """Sample one cell with all its chains, store its traces, return its summary."""
-        return self.run_unit([key])[0]
-
     def run_unit(self, keys: list[CellKey]) -> list[dict[str, Any]]:
         """Sample cells that share checkpoint, dataset and seed in one batched call (a
         layer's heads, see ``SweepPlan.units``), store each cell's traces, return their

@@ -86,7 +86,10 @@ class CheckpointSession:
         """L_n(w*) on dataset ``name``, computed once per distinct input of
         ``full_data_loss`` (the seed only matters when it subsamples batches). In
         ``bfloat16`` it is the head fast path's frozen forward in that precision, so that
-        λ̂'s difference E[L] − L(w*) compares like with like."""
+        λ̂'s difference E[L] − L(w*) compares like with like (models the fast path does not
+        take are sampled, and so measured, in float32)."""
+        if fast_path_reason(self.model) is not None:
+            precision = "float32"
         sub = config.init_loss_batches
         key = (name, config.batch_size, sub, config.seed if sub is not None else None,
                precision)

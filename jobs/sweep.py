@@ -18,7 +18,7 @@ Failures:
 - process or node death: Ray restarts the actor (``max_restarts``) and resubmits its
   tasks (``max_task_retries``); the restarted actor reloads the checkpoint of the cell it
   gets. If it stays dead the driver starts a new actor in its place and resubmits the
-  cells, counting one attempt per cell;
+  units, counting one attempt per unit;
 - a unit that raises is rerun up to ``resources.max_retries`` times, then its error text
   is recorded with ``write_failure`` for each of its cells and the sweep goes on.
 No cell is lost (it stays queued until done or recorded as failed) and none is counted
@@ -151,14 +151,12 @@ def prepare_store(plan: SweepPlan, resume: bool) -> TraceStore:
         )
     store.create_sweep(plan.sweep_id, plan.grid, plan.config, plan.spec.model_dump(mode="json"))
     if exists:  # the grid and sampler config are checked by create_sweep; numerics here
-        before = store.sweep_spec(plan.sweep_id).get("compute", {})
-        now = plan.spec.compute.model_dump(mode="json")
-        if before.get("precision", "float32") != now["precision"]:
+        before = store.sweep_spec(plan.sweep_id).get("compute", {}).get("precision", "float32")
+        if before != plan.spec.compute.precision:
             raise SpecError(
                 "compute.precision",
-                f"sweep {plan.sweep_id!r} was started with precision "
-                f"{before.get('precision', 'float32')!r}, not {now['precision']!r}; resume it "
-                "unchanged or use a new sweep id",
+                f"sweep {plan.sweep_id!r} was started with precision {before!r}, not "
+                f"{plan.spec.compute.precision!r}; resume it unchanged or use a new sweep id",
             )
     return store
 
