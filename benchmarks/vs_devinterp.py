@@ -308,7 +308,7 @@ def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precisio
     cfg = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=NBETA, chains=CHAINS,
                      draws=draws, batch_size=BATCH, init_loss_batches=INIT_BATCHES,
                      independent_batches=independent)
-    runs: list[list[float]] = []  # the start of each SGLD step, per layer run
+    runs: list[list[float]] = []  # when each SGLD step ended, per layer run
 
     def stamp(step: int, total: int) -> None:
         if step == 1:
@@ -318,10 +318,10 @@ def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precisio
     start = time.perf_counter()
     results = sample_heads(model, tokens, heads, cfg, precision=precision, progress=stamp)
     total = time.perf_counter() - start
+    # one result per layer run (its first head's), in the order the layers ran
+    firsts = {r.extra["batch_heads"][0]: r for r in results.values()}
     batches: dict[int, tuple[float, float, int]] = {}  # layer → (s/step, flops/step, heads)
-    for (head, res), stamps in zip(
-            dict((r.extra["batch_heads"][0], r) for r in results.values()).items(), runs,
-            strict=True):
+    for (head, res), stamps in zip(firsts.items(), runs, strict=True):
         layer = int(head.split(":")[0])
         n = len(res.extra["batch_heads"])
         steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else (
@@ -330,9 +330,11 @@ def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precisio
     step_s = {layer: s / (CHAINS * n) for layer, (s, _, n) in batches.items()}
     flops = {layer: f / (CHAINS * n) for layer, (_, f, n) in batches.items()}
     fixed = total - sum(s * draws for s, _, _ in batches.values())
-    estimates = {h: (r.llc().llc_mean, r.llc().llc_stderr) for h, r in results.items()}
-    paired = {h: (e.llc_mean, e.llc_stderr)
-              for h, e in ((h, r.llc(estimator="paired")) for h, r in results.items())}
+    estimates, paired = {}, {}
+    for h, r in results.items():
+        plain, pair = r.llc(), r.llc(estimator="paired")
+        estimates[h], paired[h] = (plain.llc_mean, plain.llc_stderr), (pair.llc_mean,
+                                                                      pair.llc_stderr)
     return Run(total, step_s, fixed, estimates, flops, paired)
 
 

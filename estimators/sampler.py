@@ -188,8 +188,7 @@ def sample(
 
     device = next(iter(model.parameters())).device
     tensors = tuple(t.to(device) for t in tensors)
-    frozen = {k: v.detach() for k, v in model.named_parameters()}
-    frozen.update({k: v.detach() for k, v in model.named_buffers()})
+    frozen = frozen_state(model)
     nbeta = config.resolve_nbeta(n if num_samples is None else num_samples)
 
     names = selection.names
@@ -333,6 +332,13 @@ def run_sgld(
         traces["loss"], traces["batch_init_loss"], nbeta, config.divergence_factor * d
     )
     return traces, diverged, seconds
+
+
+def frozen_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's parameters and buffers by name, detached: w* for ``functional_call``."""
+    state = {k: v.detach() for k, v in model.named_parameters()}
+    state.update({k: v.detach() for k, v in model.named_buffers()})
+    return state
 
 
 def full_data_loss(

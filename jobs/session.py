@@ -17,6 +17,7 @@ from torch import Tensor
 
 from rllc.data.datasets import load_dataset
 from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
+from rllc.estimators.sampler import frozen_state
 from rllc.models.checkpoint import load_checkpoint
 from rllc.models.components import component_selection, parse_component
 from rllc.models.fastpath import (
@@ -96,9 +97,8 @@ class CheckpointSession:
         if key not in self._init_loss:
             tokens = self.dataset(name)
             if precision == "float32":
-                params = {k: v.detach() for k, v in self.model.named_parameters()}
-                params |= {k: v.detach() for k, v in self.model.named_buffers()}
-                loss = full_data_loss(self.objective, params, (tokens,), config)
+                loss = full_data_loss(self.objective, frozen_state(self.model), (tokens,),
+                                      config)
             else:
                 loss = frozen_data_loss(self.model, tokens, config, precision)
             self._init_loss[key] = loss

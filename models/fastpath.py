@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
 from rllc.estimators.cputune import tune_cpu
 from rllc.estimators.fused_ce import DEFAULT_CHUNK, PRECISIONS, compile_available
-from rllc.estimators.sampler import MinibatchStream, noise_seed, run_sgld
+from rllc.estimators.sampler import MinibatchStream, frozen_state, noise_seed, run_sgld
 
 from .components import component_selection, expand_components, parse_component
 from .head_step import FrozenTransformer, HeadLayerStep, LayerPrefix, Numerics, step_flops
@@ -156,9 +156,8 @@ def sample_heads(
         if use_fast:
             init_loss = _frozen_loss(model, tokens, config, numerics)
         else:
-            frozen = {k: v.detach() for k, v in model.named_parameters()}
-            frozen.update({k: v.detach() for k, v in model.named_buffers()})
-            init_loss = full_data_loss(lm_objective(model), frozen, (tokens,), config)
+            init_loss = full_data_loss(lm_objective(model), frozen_state(model), (tokens,),
+                                       config)
 
     results: dict[str, SamplingResult] = {}
     for layer, layer_heads in by_layer.items():

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rllc.estimators.fused_ce import DEFAULT_CHUNK, linear_cross_entropy, lowrank_cross_entropy
+from rllc.estimators.sampler import frozen_state
 
 from .transformer import AttentionOnlyTransformer, TransformerConfig
 
@@ -168,8 +169,7 @@ class FrozenTransformer:
             raise ValueError("the head fast path needs an attention-only model (mlp=False)")
         self.model, self.cfg = model, model.cfg
         self.numerics = numerics or Numerics()
-        self.params = {k: v.detach() for k, v in model.named_parameters()}
-        self.params.update({k: v.detach() for k, v in model.named_buffers()})
+        self.params = frozen_state(model)
         low = self.numerics.precision == "bfloat16"
         mm = (lambda t: t.to(torch.bfloat16)) if low else (lambda t: t)
         self.shape = Shape(self.cfg.n_heads, self.cfg.d_head, self.cfg.positional == "shortformer")
