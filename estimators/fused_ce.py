@@ -22,8 +22,10 @@ that differs from a frozen one by a rank-k term (one attention head of the last 
 
 with U′ = diag(g)·Wᵀ [D, V] (g the LayerNorm gain), u = 1ᵀU′, c = b_LN·Wᵀ + b,
 A = resid*·U′ (once per chunk, shared by every row), zs_h·Ms_h the frozen contribution of
-row r's head h (shared by its chains) and M_r = W_O,rᵀ·U′ [k, V]. The per-row matmul is
-k-wide instead of D-wide (FASTPATH §1); only z, M, μ, σ carry gradients.
+row r's head h and M_r = W_O,rᵀ·U′ [k, V]. The head terms are one matmul per chunk,
+written as differences from w*, zs_h·(M_r − Ms_h) + (z_r − zs_h)·M_r, so bf16 operands
+round only what moved. The per-row matmuls are 2k-wide instead of D-wide (FASTPATH §1);
+only z, M, μ, σ carry gradients.
 
 Non-finite values are not checked on the logits: a non-finite per-token loss makes its
 row's mean non-finite, which the sampler records as a diverged chain.
@@ -39,6 +41,7 @@ import os
 import shutil
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
@@ -176,75 +179,105 @@ def linear_cross_entropy(
     )
 
 
-def _lowrank_block(a: Tensor, zs_h: Tensor, neg_ms_h: Tensor, zt: Tensor, m_aug: Tensor,
-                   inv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One (token chunk, head) block of C chains. a [c, V] = resid*·U′; zs_h [c, k];
-    neg_ms_h [k, V] = −Ms_h; zt [C, c, k+2] = (z | μ | σ); m_aug [C, k+2, V] = (M; −u; c);
-    inv [C, c] = 1/σ; y [c].
+def _lowrank_chunk(a: Tensor, xd: Tensor, mu: Tensor, sigma: Tensor, x_y: Tensor, u: Tensor,
+                   c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The vocabulary-wide part of one token chunk for every row at once.
 
-        X = A − zs_h·Ms_h + z̃·M̃,   logits = X/σ,   G = softmax(logits) − onehot(y)
-        ∂ℓ/∂z̃ = (G/σ)·M̃ᵀ,  ∂ℓ/∂M = zᵀ·(G/σ),  ∂ℓ/∂(1/σ) = Σ_v G_v·X_v
+    a [c, V] = resid*·U′ (shared by all rows); xd [R, c, V] = z_r·M_r − zs_h·Ms_h (the
+    head terms, in the matmul dtype); mu, sigma, x_y [R, c]; u, c [V]:
 
-    Returns per-token loss [C, c], ∂ℓ/∂z̃ [C, c, k+2], ∂ℓ/∂(1/σ) [C, c] and this block's
-    ∂ℓ/∂M [C, k, V] (summed over its tokens)."""
-    C, c, k2 = zt.shape
-    p = torch.addmm(a, zs_h, neg_ms_h)  # [c, V], shared by the head's chains
-    x = torch.baddbmm(p.expand(C, c, p.shape[1]), zt, m_aug)  # [C, c, V]
-    iv = inv[..., None]  # [C, c, 1]
-    logits = x * iv
+        X = a + xd − μ·u + σ·c,   logits = X/σ,   ℓ = logsumexp(logits) − X_y/σ
+
+    Returns (ℓ [R, c], ∂ℓ/∂(1/σ) = Σ_v softmax_v·X_v − X_y [R, c], softmax/σ [R, c, V] in
+    xd's dtype). The one-hot parts of the gradients are added by the caller."""
+    inv = 1.0 / sigma[..., None]  # [R, c, 1]
+    x = a + xd.to(a.dtype) - mu[..., None] * u + sigma[..., None] * c
+    logits = x * inv
     m = logits.amax(-1, keepdim=True)
     e = (logits - m).exp()
     s = e.sum(-1, keepdim=True)
-    x_y = x.gather(-1, y.expand(C, c)[..., None])  # [C, c, 1]
-    loss = (m + s.log() - x_y * iv).squeeze(-1)
-    d_inv = ((e * x).sum(-1, keepdim=True) / s - x_y).squeeze(-1)
-    gp = e * (iv / s)  # softmax/σ; the one-hot parts below are gathered, not scattered in
-    d_zt = torch.bmm(gp, m_aug.transpose(1, 2)) - iv * m_aug[:, :, y].transpose(1, 2)
-    z = zt[..., : k2 - 2]
-    d_m = torch.bmm(z.transpose(1, 2), gp).index_add(2, y, -(z * iv).transpose(1, 2))
-    return loss, d_zt, d_inv, d_m
+    loss = (m + s.log()).squeeze(-1) - x_y / sigma
+    d_inv = (e * x).sum(-1) / s.squeeze(-1) - x_y
+    return loss, d_inv, (e * (inv / s)).to(xd.dtype)
 
 
 class _LowRankCrossEntropy(Function):
     @staticmethod
-    def forward(ctx, zt: Tensor, inv_sigma: Tensor, m: Tensor, resid_star: Tensor,
+    def forward(ctx, z: Tensor, mu: Tensor, sigma: Tensor, m: Tensor, resid_star: Tensor,
                 u_prime: Tensor, c: Tensor, zs: Tensor, ms: Tensor, targets: Tensor,
-                chunk: int) -> Tensor:
-        # zt [R, N, k+2] = (z | μ | σ); inv_sigma [R, N]; m [R, k, V]; resid_star [N, D];
-        # u_prime [D, V]; c [V]; zs [H, N, k]; ms [H, k, V]; rows are head-major (H, C).
-        R, N = inv_sigma.shape
+                chunk: int, mm_dtype: torch.dtype, compile: bool) -> Tensor:
+        # z [R, N, k]; mu, sigma [R, N]; m [R, k, V]; resid_star [N, D]; u_prime [D, V];
+        # c [V]; zs [H, N, k]; ms [H, k, V]; targets [N]; rows head-major (H, C).
+        R, N, k = z.shape
         H = zs.shape[0]
-        C = R // H
+        head = torch.arange(R, device=z.device) // (R // H)  # row → its head
         u = u_prime.sum(dim=0)  # [V]
-        # M̃_r = [M_r; −u; c]: the μ and σ columns of zt pick up −μ·u and σ·c in one matmul
-        m_aug = torch.cat([m, (-u).expand(R, 1, -1), c.expand(R, 1, -1)], dim=1)  # [R, k+2, V]
-        neg_ms = -ms
-        loss = zt.new_empty(R, N)
-        d_zt, d_inv, d_m = torch.empty_like(zt), torch.empty_like(inv_sigma), torch.zeros_like(m)
-        for s in range(0, N, chunk):
-            sl = slice(s, min(s + chunk, N))
-            a = resid_star[sl] @ u_prime  # [c, V], shared by every row
-            for h in range(H):
-                rows = slice(h * C, (h + 1) * C)
-                out = _lowrank_block(a, zs[h, sl], neg_ms[h], zt[rows, sl], m_aug[rows],
-                                     inv_sigma[rows, sl], targets[sl])
-                loss[rows, sl], d_zt[rows, sl], d_inv[rows, sl] = out[:3]
-                d_m[rows] += out[3]
-        ctx.save_for_backward(d_zt, d_inv, d_m)
+        y = targets
+        # One matmul per chunk for the head terms, written as differences from w* so that
+        # bf16 operands round only what moved: z·M − zs·Ms = zs·(M − Ms) + (z − zs)·M
+        zs_r, ms_r = zs[head], ms[head]  # [R, N, k], [R, k, V]
+        z_cat = torch.cat([zs_r, z - zs_r], dim=-1).to(mm_dtype)  # [R, N, 2k]
+        m_cat = torch.cat([m - ms_r, m], dim=1).to(mm_dtype)  # [R, 2k, V]
+        m_t = torch.cat([m, u.expand(R, 1, -1), c.expand(R, 1, -1)], dim=1)  # [R, k+2, V]
+        m_t_mm = m_t.to(mm_dtype).transpose(1, 2)  # [R, V, k+2]
+        # target logits X_y in the model's dtype: [R, N]
+        a_y = (resid_star * u_prime.t()[y]).sum(-1)  # [N]
+        head_y = (zs_r * ms_r[:, :, y].transpose(1, 2)).sum(-1)  # [R, N]
+        x_y = (a_y - head_y + (z * m[:, :, y].transpose(1, 2)).sum(-1) - mu * u[y]
+               + sigma * c[y])
+        kernel = _compiled(_lowrank_chunk) if compile else _lowrank_chunk
+        loss = z.new_empty(R, N)
+        d_inv = z.new_empty(R, N)
+        d_t = z.new_empty(R, N, k + 2)  # ∂ℓ/∂(z | μ | σ) through X, softmax part
+        d_m = torch.zeros_like(m, dtype=mm_dtype if mm_dtype == z.dtype else torch.float32)
+        z_mm_t = z.to(mm_dtype).transpose(1, 2)  # [R, k, N]
+        for s0 in range(0, N, chunk):
+            s1 = min(s0 + chunk, N)
+            sl = slice(s0, s1)
+            pad = chunk - (s1 - s0) if compile else 0  # one static shape per run
+            a = resid_star[sl] @ u_prime  # [c, V]
+            xd = torch.bmm(z_cat[:, sl], m_cat)  # [R, c, V]
+            args = [a, xd, mu[:, sl], sigma[:, sl], x_y[:, sl]]
+            if pad:
+                args = _pad_tokens(args, pad)
+            lo, di, gp = kernel(*args, u, c)
+            if pad:
+                lo, di, gp = lo[:, : s1 - s0], di[:, : s1 - s0], gp[:, : s1 - s0]
+            loss[:, sl], d_inv[:, sl] = lo, di
+            d_t[:, sl] = torch.bmm(gp, m_t_mm).to(z.dtype)
+            if d_m.dtype == gp.dtype:
+                d_m.baddbmm_(z_mm_t[:, :, sl], gp)
+            else:  # bf16 operands: accumulate the chunks' products in fp32
+                d_m += torch.bmm(z_mm_t[:, :, sl], gp)
+        inv = 1.0 / sigma
+        # one-hot parts: ∂ℓ/∂X_v has −onehot(y)/σ besides softmax/σ
+        d_t -= inv[..., None] * m_t[:, :, y].transpose(1, 2)
+        d_m = d_m.to(z.dtype).index_add_(2, y, -(z * inv[..., None]).transpose(1, 2))
+        d_z, d_mu, d_sig = d_t[..., :k], -d_t[..., k], d_t[..., k + 1] - d_inv * inv**2
+        ctx.save_for_backward(d_z, d_mu, d_sig, d_m)
         ctx.n = N
         return loss.mean(dim=1)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        d_zt, d_inv, d_m = ctx.saved_tensors
+        d_z, d_mu, d_sig, d_m = ctx.saved_tensors
         scale = grad_out / ctx.n  # [R]
-        return (d_zt * scale[:, None, None], d_inv * scale[:, None], d_m * scale[:, None, None],
-                None, None, None, None, None, None, None)
+        return (d_z * scale[:, None, None], d_mu * scale[:, None], d_sig * scale[:, None],
+                d_m * scale[:, None, None], *([None] * 9))
+
+
+def _pad_tokens(args: list[Tensor], pad: int) -> list[Tensor]:
+    """Pad the token dim (−2 for a [c, V] / [R, c, V] block, −1 for [R, c]) of a ragged last
+    chunk with zeros (σ with ones), so a compiled kernel sees one shape."""
+    a, xd, mu, sigma, x_y = args
+    return [F.pad(a, (0, 0, 0, pad)), F.pad(xd, (0, 0, 0, pad)), F.pad(mu, (0, pad)),
+            F.pad(sigma, (0, pad), value=1.0), F.pad(x_y, (0, pad))]
 
 
 def lowrank_cross_entropy(
     z: Tensor, mu: Tensor, sigma: Tensor, m: Tensor, resid_star: Tensor, u_prime: Tensor,
-    c: Tensor, zs: Tensor, ms: Tensor, targets: Tensor, chunk: int = 32,
+    c: Tensor, zs: Tensor, ms: Tensor, targets: Tensor, chunk: int = 32, *,
+    precision: str = "float32", compile: bool = False,
 ) -> Tensor:
     """Per-row mean loss ``[R]`` of ``logits_rt = (A_t − zs_h,t·Ms_h + z_rt·M_r − μ_rt·u)
     /σ_rt + c`` (module docstring), rows head-major: row r = (head r // C, chain r % C).
@@ -258,11 +291,18 @@ def lowrank_cross_entropy(
         u_prime: [D, V] diag(g)·W_Uᵀ;  c: [V] b_LN·W_Uᵀ + b_U.
         zs: [H, N, k], ms: [H, k, V] each head's frozen output and W_O*ᵀ·U′.
         targets: [N] next tokens, shared by all rows.
+        chunk: tokens per [R, chunk, V] block.
+        precision: "bfloat16" takes the head terms' matmuls (zs·Ms, z·M and the gradient
+            products) with bf16 operands; A = resid*·U′ and the target logits stay in the
+            inputs' dtype, so only the head's small contribution is rounded.
+        compile: fuse each block's vocabulary-wide passes with ``torch.compile``.
 
     Differentiable in ``z``, ``mu``, ``sigma`` and ``m``.
     """
-    zt = torch.cat([z, mu[..., None], sigma[..., None]], dim=-1)  # [R, N, k+2]
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    mm_dtype = torch.bfloat16 if precision == "bfloat16" else z.dtype
     return _LowRankCrossEntropy.apply(
-        zt, 1.0 / sigma, m, resid_star.detach(), u_prime.detach(), c.detach(),
-        zs.detach(), ms.detach(), targets, int(chunk)
+        z, mu, sigma, m, resid_star.detach(), u_prime.detach(), c.detach(), zs.detach(),
+        ms.detach(), targets, int(chunk), mm_dtype, bool(compile),
     )

@@ -83,24 +83,29 @@ class CheckpointSession:
             self._datasets[name] = tokens.to(self.device)
         return self._datasets[name]
 
-    def init_loss(self, name: str, config: SGLDConfig, precision: str = "float32") -> float:
+    def init_loss(self, name: str, config: SGLDConfig, precision: str = "float32",
+                  unembed_precision: str | None = None) -> float:
         """L_n(w*) on dataset ``name``, computed once per distinct input of
         ``full_data_loss`` (the seed only matters when it subsamples batches). In
-        ``bfloat16`` it is the head fast path's frozen forward in that precision, so that
-        λ̂'s difference E[L] − L(w*) compares like with like (models the fast path does not
-        take are sampled, and so measured, in float32)."""
+        ``bfloat16`` it is the head fast path's frozen forward in that precision, with the
+        unembedding in ``unembed_precision`` (default ``precision``; the rank-k rows of
+        last-layer heads use float32), so that λ̂'s difference E[L] − L(w*) compares like
+        with like (models the fast path does not take are sampled, and so measured, in
+        float32)."""
+        unembed_precision = unembed_precision or precision
         if fast_path_reason(self.model) is not None:
-            precision = "float32"
+            precision = unembed_precision = "float32"
         sub = config.init_loss_batches
         key = (name, config.batch_size, sub, config.seed if sub is not None else None,
-               precision)
+               precision, unembed_precision)
         if key not in self._init_loss:
             tokens = self.dataset(name)
-            if precision == "float32":
+            if precision == unembed_precision == "float32":
                 loss = full_data_loss(self.objective, frozen_state(self.model), (tokens,),
                                       config)
             else:
-                loss = frozen_data_loss(self.model, tokens, config, precision)
+                loss = frozen_data_loss(self.model, tokens, config, precision,
+                                        unembed_precision)
             self._init_loss[key] = loss
         return self._init_loss[key]
 
@@ -120,7 +125,7 @@ class CheckpointSession:
         if heads:
             precision = self.compute.precision
             out |= sample_heads(self.model, tokens, heads, config, fast=True,
-                                init_loss=self.init_loss(dataset, config, precision),
+                                init_loss=lambda p, u: self.init_loss(dataset, config, p, u),
                                 precision=precision, progress=progress)
         for comp in (c for c in components if c not in out):
             out[comp] = sample(self.model, self.objective, tokens,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,13 @@ from rllc.estimators.fused_ce import DEFAULT_CHUNK, PRECISIONS, compile_availabl
 from rllc.estimators.sampler import MinibatchStream, frozen_state, noise_seed, run_sgld
 
 from .components import component_selection, expand_components, parse_component
-from .head_step import FrozenTransformer, HeadLayerStep, LayerPrefix, Numerics, step_flops
+from .head_step import (
+    FrozenTransformer,
+    HeadLayerStep,
+    LayerPrefix,
+    Numerics,
+    step_flops,
+)
 from .objective import lm_objective
 from .transformer import AttentionOnlyTransformer
 
@@ -70,14 +77,14 @@ def sample_heads(
     config: SGLDConfig | None = None,
     *,
     chain_ids: Sequence[int] | None = None,
-    init_loss: float | None = None,
+    init_loss: float | Callable[[str, str], float] | None = None,
     num_samples: int | None = None,
     fast: bool | None = None,
     precision: str = "float32",
     compile: bool | None = None,
     chunk_size: int | None = None,
     max_rows: int | None = None,
-    lowrank: bool = False,
+    lowrank: bool | None = None,
     cpu_tuning: bool = True,
     progress: bool | Callable[[int, int], None] = False,
 ) -> dict[str, SamplingResult]:
@@ -90,7 +97,10 @@ def sample_heads(
             fast path, anything else (``"embed"``, patterns) the general one.
         config: sampler settings (default ``SGLDConfig()``).
         chain_ids: chains to run per head (default ``range(config.chains)``).
-        init_loss: L_n(w*) if already known; otherwise computed once for all heads.
+        init_loss: L_n(w*) if already known, or a function ``(precision,
+            unembed_precision)`` that returns it as a layer's rows compute losses (rank-k
+            rows unembed in float32 even in bfloat16; the general path is float32 in
+            both); otherwise computed once per distinct pair (``frozen_data_loss``).
         num_samples: n of L_n if not the rows of ``data``.
         fast: None = fast path where it applies; True = require it (``FastPathError``
             otherwise); False = always the general path.
@@ -99,7 +109,7 @@ def sample_heads(
             with fp32 accumulation, several times faster on CPUs with AMX and on GPUs;
             sampled weights, LayerNorms, attention and the loss stay fp32; L_n(w*) and
             L_B(w*) use the same unembedding, so the estimators' differences stay
-            consistent). Fast path only; the general path and ``lowrank`` are float32.
+            consistent). Fast path only; the general path is float32.
         compile: fuse the rows' forward/backward and the loss's chunk kernels with
             ``torch.compile`` (seconds to compile once per shape, cached on disk); None =
             when a C++ compiler is available and the vocabulary is large (≥ 2048).
@@ -107,8 +117,11 @@ def sample_heads(
         max_rows: at most this many (head, chain) rows per forward/backward pass (bounds
             memory; default: about 2²⁴ numbers per [rows, batch, seq, d_model] activation,
             at least one chain of every head).
-        lowrank: last-layer heads through the rank-k unembedding (FASTPATH §1; exact,
-            float32 only, not faster on CPU in eager torch).
+        lowrank: last-layer heads through the rank-k unembedding (FASTPATH §1; exact: its
+            matmuls are k-wide instead of d_model-wide; in bfloat16 only the sampled head's
+            terms are rounded). None = when ``compile`` is on: its vocabulary-wide passes
+            need fusing (paper-shaped model, 2 CPU cores: 55 against 81 ms per row in bf16,
+            78 against 142 in fp32; eager it is slower than the dense path).
         cpu_tuning: keep freed memory in the process and flush denormal floats to zero
             (``rllc.estimators.cputune.tune_cpu``; process-wide): no per-step page faults
             or slow denormal arithmetic, together ≈ 1.4–1.8× faster steps on a CPU.
@@ -150,24 +163,35 @@ def sample_heads(
             general.append(comp)
 
     numerics = _numerics(model, precision, compile, chunk_size)
+    lowrank = numerics.compile if lowrank is None else bool(lowrank)
     if cpu_tuning and use_fast and tokens.device.type == "cpu":
         tune_cpu()
-    if init_loss is None:  # L_n(w*): once for every head (FASTPATH §5)
-        if use_fast:
-            init_loss = _frozen_loss(model, tokens, config, numerics)
-        else:
-            init_loss = full_data_loss(lm_objective(model), frozen_state(model), (tokens,),
-                                       config)
+    known: dict[tuple[str, str], float] = {}
+
+    def loss_at_w_star(n: Numerics) -> float:
+        """L_n(w*) as rows with numerics ``n`` compute losses, once per distinct
+        (precision, unembedding precision) (FASTPATH §5)."""
+        key = (n.precision, n.unembed_precision)
+        if isinstance(init_loss, (int, float)):
+            return float(init_loss)
+        if callable(init_loss):
+            return float(init_loss(*key))
+        if key not in known:
+            known[key] = (
+                _frozen_loss(model, tokens, config, n) if use_fast else full_data_loss(
+                    lm_objective(model), frozen_state(model), (tokens,), config))
+        return known[key]
 
     results: dict[str, SamplingResult] = {}
     for layer, layer_heads in by_layer.items():
         step_fn = HeadLayerStep(model, layer, layer_heads, numerics, max_rows, lowrank)
-        results.update(_sample_layer(model, tokens, step_fn, config, ids, float(init_loss),
-                                     num_samples, progress))
-    for comp in general:
+        results.update(_sample_layer(model, tokens, step_fn, config, ids,
+                                     loss_at_w_star(step_fn.fm.numerics), num_samples,
+                                     progress))
+    for comp in general:  # the general path samples, and so measures, in float32
         res = sample(model, lm_objective(model), tokens, component_selection(model, comp),
-                     config, chain_ids=ids, init_loss=init_loss, num_samples=num_samples,
-                     noise_key=head_noise_key(comp), progress=progress)
+                     config, chain_ids=ids, init_loss=loss_at_w_star(Numerics()),
+                     num_samples=num_samples, noise_key=head_noise_key(comp), progress=progress)
         res.extra["path"] = "general"
         results[comp] = res
     return {comp: results[comp] for comp in components}
@@ -178,14 +202,21 @@ def frozen_data_loss(
     tokens: Tensor,
     config: SGLDConfig,
     precision: str = "float32",
+    unembed_precision: str | None = None,
 ) -> float:
     """L_n(w*) as ``sample_heads`` computes it for its fast path: the batches
     ``full_data_loss`` takes (``config.init_loss_batches``), through the fused chunked loss
-    in ``precision``. Pass it as ``init_loss=`` to reuse it across calls."""
+    with frozen blocks in ``precision`` and the unembedding in ``unembed_precision``
+    (default ``precision``; rank-k rows use "float32"). Pass it as ``init_loss=`` to reuse
+    it across calls."""
     reason = fast_path_reason(model)
     if reason:
         raise FastPathError(f"the head fast path does not apply: {reason}")
-    numerics = _numerics(model, precision, None, None)  # as sample_heads's defaults
+    if unembed_precision is not None and unembed_precision not in PRECISIONS:
+        raise ValueError(f"unembed_precision must be one of {PRECISIONS}, "
+                         f"got {unembed_precision!r}")
+    numerics = replace(_numerics(model, precision, None, None),  # as sample_heads's defaults
+                       unembed=unembed_precision)
     return _frozen_loss(model, tokens.to(next(iter(model.parameters())).device), config,
                         numerics)
 
@@ -280,7 +311,7 @@ def _sample_layer(
             diverged=diverged[rows],
             seconds=seconds / H,
             extra={"path": "fast", "flops_per_step": flops / H,
-                   "precision": step_fn.fm.numerics.precision,
+                   "precision": step_fn.fm.numerics.precision, "lowrank": step_fn.lowrank,
                    "batch_heads": [f"{layer}:{x}" for x in heads], "batch_seconds": seconds},
             **{k: v[rows] for k, v in traces.items()},
         )

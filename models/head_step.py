@@ -19,19 +19,21 @@ Only that head's contribution is recomputed:
     resid_{L+1}(w) = base_h + z·W_Oᵀ                               [R, B, T, D]
 
 then the frozen later blocks run on all rows as one batch, and the final LayerNorm's output
-goes through the chunked fused unembedding + cross-entropy (``linear_cross_entropy``), or,
-opt-in for the last layer, straight through the rank-k form of the final LayerNorm +
-unembedding (``lowrank_cross_entropy``, FASTPATH §1). The gradient is taken for ``theta``
-only (plain batched autograd; rows are independent, so ∂Σ_r L_r/∂θ_r = ∂L_r/∂θ_r).
+goes through the chunked fused unembedding + cross-entropy (``linear_cross_entropy``); for
+the last layer (``lowrank=True``) the head output goes straight through the rank-k form of
+the final LayerNorm + unembedding instead (``lowrank_cross_entropy``, FASTPATH §1: k-wide
+instead of D-wide matmuls per row). The gradient is taken for ``theta`` only (plain
+batched autograd; rows are independent, so ∂Σ_r L_r/∂θ_r = ∂L_r/∂θ_r).
 
-The row computation up to the final hidden state is a pure function of tensors
-(``rows_hidden``), so ``torch.compile`` can fuse its elementwise work (LayerNorms, casts,
-bias and residual adds, layout copies) forward and backward.
+The row computations up to the final hidden state (``rows_hidden``) or up to the rank-k
+loss's inputs (``rows_lowrank_inputs``) are pure functions of tensors, so ``torch.compile``
+can fuse their elementwise work (LayerNorms, casts, bias and residual adds, layout copies)
+forward and backward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +44,18 @@ from rllc.estimators.sampler import frozen_state
 
 from .transformer import AttentionOnlyTransformer, TransformerConfig
 
-#: Tokens per [chains, chunk, V] block of the rank-k loss (rows of a head share the block).
-LOWRANK_CHUNK = 32
+#: Tokens per [rows, chunk, V] block of the rank-k loss. The block does not fit a core's
+#: cache at any useful size (its passes stream from memory either way), so it is sized for
+#: efficient [chunk, 2k] × [2k, V] matmuls: 256 was fastest on the paper-shaped model
+#: (32 rows, bf16; 128: +8%, 512: +17%).
+LOWRANK_CHUNK = 256
+#: Numbers per [rows, B, T, D] activation of one dense pass: large enough for efficient
+#: matmuls, small enough for a large last-level cache (paper-shaped model: 16 rows, ≈ 8%
+#: faster than 32).
+PART_NUMBERS = 1 << 24
+#: Numbers per [rows, chunk, V] block of one rank-k pass, whose A = resid*·U′ the rows
+#: share (paper-shaped model: 52 rows; 32 rows were ≈ 5% faster than 16).
+LOWRANK_PART_NUMBERS = 1 << 26
 LN_EPS = 1e-5  # nn.LayerNorm's default, as the model uses
 
 #: A frozen block's tensors: LN gain and bias (None without LayerNorm), qkv weight (in the
@@ -84,6 +96,19 @@ class Numerics:
     precision: str = "float32"
     compile: bool = False
     chunk: int = DEFAULT_CHUNK
+    #: The dense unembedding's matmul precision when it differs from ``precision``: the
+    #: rank-k loss unembeds in the model's dtype (only the head's terms take bf16), so
+    #: L_B(w*) and L_n(w*) for its rows are taken that way too.
+    unembed: str | None = None
+
+    @property
+    def unembed_precision(self) -> str:
+        return self.unembed or self.precision
+
+
+def loss_numerics(numerics: Numerics, lowrank: bool) -> Numerics:
+    """The numerics of a layer's rows' loss: rank-k rows unembed in the model's dtype."""
+    return replace(numerics, unembed="float32") if lowrank else numerics
 
 
 def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
@@ -155,6 +180,27 @@ def rows_hidden(theta: Tensor, x_qk: Tensor, x_v: Tensor, base: Tensor, pos_qk: 
     return layer_norm(x[:, :-1], ln_w, ln_b).reshape(R, -1, D)
 
 
+def rows_lowrank_inputs(
+    theta: Tensor, x_qk: Tensor, x_v: Tensor, base: Tensor, u_prime: Tensor, layer_norm: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What ``lowrank_cross_entropy`` needs of every row of a last-layer head, at the N
+    positions that predict a token: z [R, N, k], the mean μ and std σ [R, N] of
+    resid(w) = base_h + z·W_Oᵀ (zeros and ones without a final LayerNorm) and
+    M = W_Oᵀ·U′ [R, k, V]. ``base`` [H, B, T, D]; rows head-major."""
+    H, B, T, D = base.shape
+    R = theta.shape[0]
+    z, wo = rows_head_output(theta, x_qk, x_v, H, B, T)
+    z_n = z[:, :, :-1].reshape(R, -1, z.shape[-1])  # [R, N, k]
+    if layer_norm:
+        resid = (base[:, None, :, :-1].reshape(H, 1, -1, D)
+                 + torch.bmm(z_n, wo.transpose(1, 2)).view(H, R // H, -1, D)).view(R, -1, D)
+        mu = resid.mean(-1)
+        sigma = (resid.var(-1, unbiased=False) + LN_EPS).sqrt()
+    else:
+        mu, sigma = z_n.new_zeros(z_n.shape[:2]), z_n.new_ones(z_n.shape[:2])
+    return z_n, mu, sigma, wo.transpose(1, 2) @ u_prime
+
+
 def targets_of(tokens: Tensor) -> Tensor:
     """Next-token targets of ``tokens`` [B, T]: ``[N = B·(T−1)]``."""
     return tokens[:, 1:].reshape(-1)
@@ -174,7 +220,9 @@ class FrozenTransformer:
         mm = (lambda t: t.to(torch.bfloat16)) if low else (lambda t: t)
         self.shape = Shape(self.cfg.n_heads, self.cfg.d_head, self.cfg.positional == "shortformer")
         self.w_unembed, self.b_unembed = self.params["unembed.weight"], self.params["unembed.bias"]
-        self.w_unembed_mm = mm(self.w_unembed)  # [V, D]
+        self.w_unembed_mm = self.w_unembed  # [V, D]
+        if self.numerics.unembed_precision == "bfloat16":
+            self.w_unembed_mm = self.w_unembed.to(torch.bfloat16)
         self.blocks: list[BlockWeights] = []
         for layer in range(self.cfg.n_layers):
             ln_w, ln_b = self.ln_params(f"blocks.{layer}.ln")
@@ -202,8 +250,8 @@ class FrozenTransformer:
         """Per-row mean next-token loss [R] of final hidden states h [R, N, D]."""
         n = self.numerics
         return linear_cross_entropy(h, self.w_unembed, self.b_unembed, targets_of(tokens),
-                                    n.chunk, precision=n.precision, compile=n.compile,
-                                    weight_mm=self.w_unembed_mm)
+                                    n.chunk, precision=n.unembed_precision,
+                                    compile=n.compile, weight_mm=self.w_unembed_mm)
 
     def loss_from(self, layer: int, x: Tensor, tokens: Tensor) -> Tensor:
         """Mean next-token loss (scalar) of the residual stream ``x`` [B, T, D] entering
@@ -233,22 +281,23 @@ class HeadLayerStep:
         max_rows: int | None = None,
         lowrank: bool = False,
     ) -> None:
-        """``max_rows``: at most this many rows per forward/backward pass (default: about
-        2²⁴ numbers per [rows, B, T, D] activation, at least one chain of every head)."""
-        self.fm = FrozenTransformer(model, numerics)
+        """``max_rows``: at most this many rows per forward/backward pass (default
+        ``default_max_rows``, at least one chain of every head)."""
         cfg: TransformerConfig = model.cfg
+        # The rank-k unembedding (FASTPATH §1) applies to the last layer only.
+        self.lowrank = lowrank and layer == cfg.n_layers - 1
+        self.fm = FrozenTransformer(model, loss_numerics(numerics or Numerics(), self.lowrank))
         self.cfg, self.layer, self.heads = cfg, layer, list(heads)
         self.max_rows = max_rows
-        # The rank-k unembedding (FASTPATH §1) is exact but memory-bound in eager torch on
-        # CPU (each [chains, chunk, V] block takes ~10 passes), so it is opt-in.
-        self.lowrank = lowrank and layer == cfg.n_layers - 1
         D, k = cfg.d_model, cfg.d_head
         out_w = self.fm.params[f"blocks.{layer}.attn.out.weight"]  # [D, H·k]
         self.wo_star = torch.stack([out_w[:, h * k : (h + 1) * k] for h in self.heads])  # [H, D, k]
-        self.hidden = rows_hidden
+        self.hidden, self.lowrank_inputs = rows_hidden, rows_lowrank_inputs
         if self.fm.numerics.compile:
-            self.hidden = torch._dynamo.config.patch(recompile_limit=32)(
-                torch.compile(rows_hidden, dynamic=False))
+            def fuse(fn):
+                return torch._dynamo.config.patch(recompile_limit=32)(
+                    torch.compile(fn, dynamic=False))
+            self.hidden, self.lowrank_inputs = fuse(rows_hidden), fuse(rows_lowrank_inputs)
         if self.lowrank:
             w_u, b_u = self.fm.w_unembed, self.fm.b_unembed
             g, b = self.fm.ln_final
@@ -322,26 +371,22 @@ class HeadLayerStep:
         return fm.ce(h, pre.tokens)
 
     def _lowrank_losses(self, theta: Tensor, pre: LayerPrefix) -> Tensor:
-        R, H = theta.shape[0], len(self.heads)
-        C = R // H
-        B, T = pre.tokens.shape
-        D, k = self.cfg.d_model, self.cfg.d_head
-        z, wo = rows_head_output(theta, pre.x_qk, pre.x_v, H, B, T)
-        # only positions that predict a token matter after the last attention layer
-        z_n = z[:, :, :-1].reshape(R, -1, k)  # [R, N, k]
-        base = pre.base[:, :, :-1].reshape(H, 1, -1, D)  # [H, 1, N, D]
-        resid = (base + torch.bmm(z_n, wo.transpose(1, 2)).view(H, C, -1, D)).view(R, -1, D)
-        if self.cfg.layer_norm:
-            mu = resid.mean(-1)  # [R, N]
-            sigma = (resid.var(-1, unbiased=False) + LN_EPS).sqrt()
-        else:
-            mu, sigma = resid.new_zeros(resid.shape[:2]), resid.new_ones(resid.shape[:2])
+        H, k, D = len(self.heads), self.cfg.d_head, self.cfg.d_model
+        z_n, mu, sigma, m = self.lowrank_inputs(theta, pre.x_qk, pre.x_v, pre.base,
+                                                self.u_prime, self.cfg.layer_norm)
+        n = self.fm.numerics
         return lowrank_cross_entropy(
-            z_n, mu, sigma, wo.transpose(1, 2) @ self.u_prime,  # M_r = W_Oᵀ·U′ [R, k, V]
-            pre.resid_next[:, :-1].reshape(-1, D), self.u_prime, self.c,
+            z_n, mu, sigma, m, pre.resid_next[:, :-1].reshape(-1, D), self.u_prime, self.c,
             pre.zs[:, :, :-1].reshape(H, -1, k), self.ms, targets_of(pre.tokens),
-            LOWRANK_CHUNK,
+            LOWRANK_CHUNK, precision=n.precision, compile=n.compile,
         )
+
+    def default_max_rows(self, tokens: Tensor) -> int:
+        """Rows per pass: PART_NUMBERS / (B·T·D), or rank-k LOWRANK_PART_NUMBERS /
+        (chunk·V)."""
+        if self.lowrank:
+            return max(1, LOWRANK_PART_NUMBERS // (LOWRANK_CHUNK * self.cfg.d_vocab))
+        return max(1, PART_NUMBERS // max(1, tokens.numel() * self.cfg.d_model))
 
     def __call__(
         self, theta: Tensor, pre: LayerPrefix, need_star: bool
@@ -352,10 +397,8 @@ class HeadLayerStep:
         C = R // H
         grad, loss = torch.empty_like(theta), theta.new_empty(R)
         # Rows go in parts of whole chains (every head's row of a chain together), so each
-        # part stays head-major. By default a part's [rows, B, T, D] activations hold about
-        # 2²⁴ numbers: large enough for efficient matmuls, small enough to stay in a large
-        # last-level cache (on the paper-shaped model 16 rows, ≈ 8% faster than 32).
-        max_rows = self.max_rows or (1 << 24) // max(1, pre.tokens.numel() * self.cfg.d_model)
+        # part stays head-major; by default a part's activations hold about PART_NUMBERS.
+        max_rows = self.max_rows or self.default_max_rows(pre.tokens)
         per_part = max(1, max_rows // H)
         for c0 in range(0, C, per_part):
             chains = range(c0, min(C, c0 + per_part))
@@ -391,8 +434,10 @@ def step_flops(cfg: TransformerConfig, layer: int, rows: int, n_heads: int, batc
     # frozen later blocks: forward, and backward to their inputs only
     f["later_blocks"] = R * later * (2 * block_fwd + H * attn_head)
     if lowrank and later == 0:
-        f["unembed"] = (2 * N * D * V + n_heads * 2 * N * k * V  # A, zs_h·Ms_h (shared)
-                        + R * (3 * 2 * N * (k + 2) * V + 2 * 2 * k * D * V))  # X, ∂z̃, ∂M; M
+        # A = resid*·U′ once (shared by the pass's rows); per row (zs_h | z − zs_h)·
+        # (M − Ms_h; M), ∂(z | μ | σ) and ∂M, and M = W_Oᵀ·U′ forward and backward
+        f["unembed"] = 2 * N * D * V + R * (
+            2 * N * V * (2 * k + (k + 2) + k) + 2 * 2 * k * D * V)
     else:
         f["unembed"] = R * 2 * 2 * N * D * V  # logits and ∂h
     f["prefix"] = layer * block_fwd + block_fwd

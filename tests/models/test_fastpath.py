@@ -20,7 +20,8 @@ from rllc.models import (
     lm_loss,
     lm_objective,
 )
-from rllc.models.fastpath import FastPathError, head_noise_key, sample_heads
+from rllc.models.fastpath import FastPathError, frozen_data_loss, head_noise_key, sample_heads
+from rllc.models.head_step import HeadLayerStep, Numerics
 
 TRACES = ("loss", "batch_init_loss", "distance", "grad_norm", "mala_acceptance")
 TINY = TransformerConfig(n_layers=2, n_heads=3, d_model=12, d_head=4, n_ctx=10, d_vocab=23,
@@ -93,6 +94,43 @@ def test_rank_k_unembedding_gives_the_same_traces():
     lowrank = sample_heads(model, tokens, ["1:*"], cfg, lowrank=True)
     for head in dense:
         assert_traces_close(lowrank[head], dense[head], rtol=1e-6)
+        assert lowrank[head].extra["lowrank"] and not dense[head].extra["lowrank"]
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_gives_the_eager_traces():
+    """``compile=True`` fuses the rows' forward/backward and the loss kernels and, by
+    default, takes the rank-k unembedding for last-layer heads: the eager dense path's
+    traces up to float32 reassociation (see the module docstring)."""
+    model, tokens = make(dtype=torch.float32)
+    cfg = config(draws=12)
+    eager = sample_heads(model, tokens, ["0:1", "1:2"], cfg, compile=False)
+    fused = sample_heads(model, tokens, ["0:1", "1:2"], cfg, compile=True)
+    assert fused["1:2"].extra["lowrank"] and not eager["1:2"].extra["lowrank"]
+    for head in eager:
+        assert_traces_close(fused[head], eager[head], rtol=1e-3)
+
+
+def test_bfloat16_rank_k_rows_measure_w_star_as_they_measure_themselves():
+    """In bf16 the rank-k rows unembed in float32 (only the head's terms are rounded), so
+    L_B(w*) and L_n(w*) of last-layer heads are taken with a float32 unembedding too:
+    at w* a row's loss equals L_B(w*), and each layer gets its own L_n(w*)."""
+    model, tokens = make(dtype=torch.float32)
+    step = HeadLayerStep(model, 1, [0, 2], Numerics(precision="bfloat16"), lowrank=True)
+    assert step.lowrank and step.fm.numerics.unembed_precision == "float32"
+    _, loss, star = step(step.pack_star().repeat_interleave(2, 0), step.prefix(tokens[:8]),
+                         need_star=True)
+    torch.testing.assert_close(loss, star, rtol=1e-6, atol=0)
+
+    cfg = config()
+    res = sample_heads(model, tokens, ["0:1", "1:1"], cfg, precision="bfloat16", lowrank=True)
+    assert res["0:1"].init_loss == frozen_data_loss(model, tokens, cfg, "bfloat16")
+    assert res["1:1"].init_loss == frozen_data_loss(model, tokens, cfg, "bfloat16", "float32")
+    assert res["0:1"].init_loss != res["1:1"].init_loss
+    asked = []
+    sample_heads(model, tokens, ["0:1", "1:1"], cfg, precision="bfloat16", lowrank=True,
+                 init_loss=lambda p, u: asked.append((p, u)) or 1.0)
+    assert asked == [("bfloat16", "bfloat16"), ("bfloat16", "float32")]
 
 
 def test_float32_fast_path_stays_close_to_general_path():
@@ -186,8 +224,13 @@ def test_bfloat16_estimates_agree_with_float32():
                      batch_size=32)
     exact = sample_heads(model, tokens, ["0:*", "1:*"], cfg)
     low = sample_heads(model, tokens, ["0:*", "1:*"], cfg, precision="bfloat16")
+    low_rank_k = sample_heads(model, tokens, ["1:*"], cfg, precision="bfloat16", lowrank=True)
     for head, res in exact.items():
-        a, b = res.llc(), low[head].llc()
+        a = res.llc()
         assert a.llc_mean > 1.0  # a real signal, not noise around zero
-        assert abs(a.llc_mean - b.llc_mean) <= a.llc_stderr, (head, a.llc_mean, b.llc_mean)
-        assert low[head].extra["precision"] == "bfloat16"
+        for other in (low, low_rank_k):
+            if head in other:
+                b = other[head].llc()
+                assert abs(a.llc_mean - b.llc_mean) <= a.llc_stderr, (head, a.llc_mean,
+                                                                       b.llc_mean)
+                assert other[head].extra["precision"] == "bfloat16"
