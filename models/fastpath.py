@@ -172,10 +172,10 @@ def sample_heads(
         """L_n(w*) as rows with numerics ``n`` compute losses, once per distinct
         (precision, unembedding precision) (FASTPATH §5)."""
         key = (n.precision, n.unembed_precision)
-        if isinstance(init_loss, (int, float)):
-            return float(init_loss)
         if callable(init_loss):
             return float(init_loss(*key))
+        if init_loss is not None:  # a number (float, numpy or 0-d tensor)
+            return float(init_loss)
         if key not in known:
             known[key] = (
                 _frozen_loss(model, tokens, config, n) if use_fast else full_data_loss(
