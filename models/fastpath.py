@@ -40,13 +40,7 @@ from rllc.estimators.fused_ce import DEFAULT_CHUNK, PRECISIONS, compile_availabl
 from rllc.estimators.sampler import MinibatchStream, frozen_state, noise_seed, run_sgld
 
 from .components import component_selection, expand_components, parse_component
-from .head_step import (
-    FrozenTransformer,
-    HeadLayerStep,
-    LayerPrefix,
-    Numerics,
-    step_flops,
-)
+from .head_step import FrozenTransformer, HeadLayerStep, LayerPrefix, Numerics, step_flops
 from .objective import lm_objective
 from .transformer import AttentionOnlyTransformer
 
@@ -116,7 +110,8 @@ def sample_heads(
         chunk_size: tokens per block of the fused loss (default 128, 512 compiled).
         max_rows: at most this many (head, chain) rows per forward/backward pass (bounds
             memory; default: about 2²⁴ numbers per [rows, batch, seq, d_model] activation,
-            at least one chain of every head).
+            or 2²⁶ per [rows, chunk, vocab] block of the rank-k loss, at least one chain of
+            every head).
         lowrank: last-layer heads through the rank-k unembedding (FASTPATH §1; exact: its
             matmuls are k-wide instead of d_model-wide; in bfloat16 only the sampled head's
             terms are rounded). None = when ``compile`` is on: its vocabulary-wide passes
