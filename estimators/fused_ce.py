@@ -229,7 +229,7 @@ class _LowRankCrossEntropy(Function):
         loss = z.new_empty(R, N)
         d_inv = z.new_empty(R, N)
         d_t = z.new_empty(R, N, k + 2)  # ∂ℓ/∂(z | μ | σ) through X, softmax part
-        d_m = torch.zeros_like(m, dtype=mm_dtype if mm_dtype == z.dtype else torch.float32)
+        d_m = torch.zeros_like(m)  # ∂ℓ/∂M, summed over chunks in the model's dtype
         z_mm_t = z.to(mm_dtype).transpose(1, 2)  # [R, k, N]
         for s0 in range(0, N, chunk):
             s1 = min(s0 + chunk, N)
@@ -245,14 +245,14 @@ class _LowRankCrossEntropy(Function):
                 lo, di, gp = lo[:, : s1 - s0], di[:, : s1 - s0], gp[:, : s1 - s0]
             loss[:, sl], d_inv[:, sl] = lo, di
             d_t[:, sl] = torch.bmm(gp, m_t_mm).to(z.dtype)
-            if d_m.dtype == gp.dtype:
+            if mm_dtype == z.dtype:
                 d_m.baddbmm_(z_mm_t[:, :, sl], gp)
-            else:  # bf16 operands: accumulate the chunks' products in fp32
+            else:  # bf16 operands give a bf16 product: accumulate it in the model's dtype
                 d_m += torch.bmm(z_mm_t[:, :, sl], gp)
         inv = 1.0 / sigma
         # one-hot parts: ∂ℓ/∂X_v has −onehot(y)/σ besides softmax/σ
         d_t -= inv[..., None] * m_t[:, :, y].transpose(1, 2)
-        d_m = d_m.to(z.dtype).index_add_(2, y, -(z * inv[..., None]).transpose(1, 2))
+        d_m.index_add_(2, y, -(z * inv[..., None]).transpose(1, 2))
         d_z, d_mu, d_sig = d_t[..., :k], -d_t[..., k], d_t[..., k + 1] - d_inv * inv**2
         ctx.save_for_backward(d_z, d_mu, d_sig, d_m)
         ctx.n = N
