@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
 from rllc.estimators.cputune import tune_cpu
-from rllc.estimators.fused_ce import DEFAULT_CHUNK, PRECISIONS, compile_available
+from rllc.estimators.fused_ce import PRECISIONS, compile_available, default_chunk
 from rllc.estimators.sampler import MinibatchStream, frozen_state, noise_seed, run_sgld
 
 from .components import component_selection, expand_components, parse_component
@@ -107,7 +107,8 @@ def sample_heads(
         compile: fuse the rows' forward/backward and the loss's chunk kernels with
             ``torch.compile`` (seconds to compile once per shape, cached on disk); None =
             when a C++ compiler is available and the vocabulary is large (≥ 2048).
-        chunk_size: tokens per block of the fused loss (default 128, 512 compiled).
+        chunk_size: tokens per block of the fused loss (default ``default_chunk``: 128,
+            512 compiled, ≈ 2²⁴ / vocab with the CPU kernel).
         max_rows: at most this many (head, chain) rows per forward/backward pass (bounds
             memory; default: about 2²⁴ numbers per [rows, batch, seq, d_model] activation,
             or 2²⁶ per [rows, chunk, vocab] block of the rank-k loss, at least one chain of
@@ -243,10 +244,11 @@ def _numerics(model: nn.Module, precision: str, compile: bool | None,
               chunk_size: int | None) -> Numerics:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", 0)
     if compile is None:
-        vocab = getattr(getattr(model, "cfg", None), "d_vocab", 0)
         compile = vocab >= 2048 and compile_available()
-    chunk = chunk_size or (512 if compile else DEFAULT_CHUNK)
+    device = next(model.parameters()).device
+    chunk = chunk_size or default_chunk(vocab, bool(compile), device)
     return Numerics(precision=precision, compile=bool(compile), chunk=int(chunk))
 
 

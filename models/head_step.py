@@ -45,9 +45,10 @@ from rllc.estimators.sampler import frozen_state
 from .transformer import AttentionOnlyTransformer, TransformerConfig
 
 #: Tokens per [rows, chunk, V] block of the rank-k loss. The block does not fit a core's
-#: cache at any useful size (its passes stream from memory either way), so it is sized for
-#: efficient [chunk, 2k] × [2k, V] matmuls: 256 was fastest on the paper-shaped model
-#: (32 rows, bf16; 128: +8%, 512: +17%).
+#: cache at any useful size (its matmuls write it to memory and read it back), so it is
+#: sized for efficient [chunk, 2k] × [2k, V] matmuls: on the paper-shaped model (32 rows,
+#: bf16, the CPU softmax kernel) 64 / 128 / 256 / 512 tokens took 54 / 47 / 44 / 45 ms
+#: per row-step.
 LOWRANK_CHUNK = 256
 #: Numbers per [rows, B, T, D] activation of one dense pass: large enough for efficient
 #: matmuls, small enough for a large last-level cache (paper-shaped model: 16 rows, ≈ 8%

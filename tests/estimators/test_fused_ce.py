@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rllc.estimators import cpu_kernels
 from rllc.estimators.fused_ce import linear_cross_entropy, lowrank_cross_entropy
 
 R, N, D, V, K, H = 6, 50, 16, 37, 4, 3
@@ -19,6 +20,17 @@ def problem():
     y = torch.randint(0, V, (N,), generator=g)
     weights = torch.randn(R, dtype=dt, generator=g)  # a non-uniform upstream gradient
     return h, w, b, y, weights
+
+
+@pytest.fixture(params=["cpu kernel", "inductor"])
+def fused_kernel(request, monkeypatch):
+    """Which kernel ``compile=True`` takes on the CPU: the hand-written one (the default
+    where it builds) or inductor's (the fallback, and the path on other devices)."""
+    if request.param == "inductor":
+        monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
+    else:
+        assert cpu_kernels.available()
+    return request.param
 
 
 def reference(h, w, b, y):
@@ -74,12 +86,13 @@ def test_bfloat16_matmuls_stay_close(problem):
 
 
 @pytest.mark.slow
-def test_compiled_kernels_equal_eager(problem):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_compiled_kernels_equal_eager(problem, fused_kernel, precision):
     h, w, b, y, _ = problem
     h = h.float().requires_grad_(True)
     w, b = w.float(), b.float()
-    eager = linear_cross_entropy(h, w, b, y, 16)
-    compiled = linear_cross_entropy(h, w, b, y, 16, compile=True)
+    eager = linear_cross_entropy(h, w, b, y, 16, precision=precision)
+    compiled = linear_cross_entropy(h, w, b, y, 16, precision=precision, compile=True)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     (g1,) = torch.autograd.grad(eager.sum(), h)
     (g2,) = torch.autograd.grad(compiled.sum(), h)
@@ -157,10 +170,12 @@ def test_bfloat16_lowrank_rounds_only_the_heads_terms():
 
 
 @pytest.mark.slow
-def test_compiled_lowrank_equals_eager():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_compiled_lowrank_equals_eager(fused_kernel, precision):
     args = lowrank_problem()
-    eager = lowrank_cross_entropy(*args, chunk=16)  # ragged last chunk: padded compiled
-    compiled = lowrank_cross_entropy(*args, chunk=16, compile=True)
+    # ragged last chunk: padded for inductor's static shapes
+    eager = lowrank_cross_entropy(*args, chunk=16, precision=precision)
+    compiled = lowrank_cross_entropy(*args, chunk=16, precision=precision, compile=True)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for a, b in zip(torch.autograd.grad(eager.sum(), (args[0], args[3])),
                     torch.autograd.grad(compiled.sum(), (args[0], args[3])), strict=True):

@@ -1,0 +1,103 @@
+"""The hand-written CPU softmax kernel equals the same math in torch."""
+
+import pytest
+import torch
+
+from rllc.estimators import cpu_kernels
+
+
+def reference(xd, a=None, mu=None, sigma=None, u=None, c=None):
+    """(lse, mean, s, e) of the module docstring, in float64."""
+    x = xd.double()
+    if a is not None:
+        rows, C = xd.shape[0], a.shape[0]
+        x = (x + a.double().repeat(rows // C, 1) - mu.double()[:, None] * u.double()
+             + sigma.double()[:, None] * c.double())
+        inv = 1 / sigma.double()[:, None]
+    else:
+        x = x if c is None else x + c.double()
+        inv = torch.ones_like(x[:, :1])
+    logits = x * inv
+    m = logits.amax(1, keepdim=True)
+    e = (logits - m).exp()
+    s = e.sum(1)
+    return m.squeeze(1) + s.log(), (e * x).sum(1) / s, s, e
+
+
+def problem(rows=12, C=4, V=1000 + 5, seed=0):  # V: a vectorised body and a scalar tail
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        xd=torch.randn(rows, V, generator=g) * 3,
+        a=torch.randn(C, V, generator=g) * 3,
+        mu=torch.randn(rows, generator=g) * 0.1,
+        sigma=torch.rand(rows, generator=g) + 0.5,
+        u=torch.randn(V, generator=g),
+        c=torch.randn(V, generator=g),
+    )
+
+
+@pytest.mark.parametrize("form", ["lowrank", "dense", "dense without bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_rows_equal_torch(form, dtype):
+    p = problem()
+    p["xd"] = p["xd"].to(dtype)
+    if form != "lowrank":
+        p = {"xd": p["xd"], "c": None if form == "dense without bias" else p["c"]}
+    lse, mean, s, e = cpu_kernels.softmax_rows(**p)
+    ref = reference(**p)
+    assert e.dtype == dtype and e.shape == p["xd"].shape
+    # float32 sums of 1005 terms and a fast exp (20 ulp): relative 1e-5; e rounds to xd's dtype
+    tol = 1e-5 if dtype == torch.float32 else 4e-3
+    for got, want in zip((lse, mean, s), ref[:3], strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(e.double(), ref[3], rtol=tol, atol=1e-7)
+
+
+def test_extreme_logits_stay_finite_and_non_finite_rows_stay_non_finite():
+    p = problem()
+    xd = p["xd"].clone()
+    xd[0] *= 1e4  # logits spread over ±10⁵: exp underflows to 0 for all but the max
+    xd[3, 7] = float("nan")
+    xd[5, 2] = float("inf")
+    xd[6, -1] = float("nan")  # in the scalar tail
+    lse, mean, _, _ = cpu_kernels.softmax_rows(xd, c=p["c"])
+    torch.testing.assert_close(lse[0].double(), reference(xd[:1], c=p["c"])[0][0], rtol=1e-6,
+                               atol=0)
+    assert not torch.isfinite(lse[[3, 5, 6]]).any()
+    finite = [0, 1, 2, 4, 7, 8, 9, 10, 11]
+    assert torch.isfinite(lse[finite]).all() and torch.isfinite(mean[finite]).all()
+
+
+def test_bad_inputs_are_refused():
+    p = problem()
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        cpu_kernels.softmax_rows(p["xd"].double())
+    with pytest.raises(RuntimeError, match="rows a multiple of C"):
+        cpu_kernels.softmax_rows(p["xd"][:10], a=p["a"][:3], mu=p["mu"][:10],
+                                 sigma=p["sigma"][:10], u=p["u"], c=p["c"])
+    with pytest.raises(RuntimeError, match="mu must be"):
+        cpu_kernels.softmax_rows(p["xd"], a=p["a"], mu=p["mu"][:5], sigma=p["sigma"],
+                                 u=p["u"], c=p["c"])
+
+
+def test_usable_only_on_cpu_floats():
+    assert cpu_kernels.usable(torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16))
+    assert not cpu_kernels.usable(torch.zeros(2, dtype=torch.float64))
+
+
+def test_a_failed_build_warns_once_and_leaves_the_fallback(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    cpu_kernels._module.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"\(no C\+\+ compiler\)"):
+            assert not cpu_kernels.available()
+        assert not cpu_kernels.usable(torch.zeros(2))  # cached: no second warning
+        with pytest.raises(RuntimeError, match="not available"):
+            cpu_kernels.softmax_rows(torch.zeros(2, 3))
+    finally:
+        cpu_kernels._module.cache_clear()  # the next caller loads the built kernel again
