@@ -91,8 +91,8 @@ class Numerics:
     """How the frozen parts are computed. ``precision="bfloat16"`` runs the unembedding and
     the frozen later blocks' projections with bf16 operands and fp32 accumulation
     (LayerNorms, attention, softmax, the loss and every sampled weight stay in the model's
-    dtype); ``compile`` fuses the rows' forward/backward and the loss's chunk kernels with
-    ``torch.compile``."""
+    dtype); ``compile`` fuses the rows' forward/backward with ``torch.compile`` and the
+    loss's chunk kernels (the CPU softmax kernel, or ``torch.compile``)."""
 
     precision: str = "float32"
     compile: bool = False

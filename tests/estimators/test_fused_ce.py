@@ -180,3 +180,14 @@ def test_compiled_lowrank_equals_eager(fused_kernel, precision):
     for a, b in zip(torch.autograd.grad(eager.sum(), (args[0], args[3])),
                     torch.autograd.grad(compiled.sum(), (args[0], args[3])), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_default_chunk_follows_the_kernel(monkeypatch):
+    from rllc.estimators.fused_ce import COMPILED_CHUNK, DEFAULT_CHUNK, default_chunk
+
+    assert default_chunk(5000, compile=False) == DEFAULT_CHUNK
+    assert default_chunk(5000, compile=True, device="cpu") == (1 << 24) // 5000  # CPU kernel
+    assert default_chunk(200_000, compile=True, device="cpu") == COMPILED_CHUNK  # at least
+    assert default_chunk(5000, compile=True, device="cuda") == COMPILED_CHUNK  # inductor
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    assert default_chunk(5000, compile=True, device="cpu") == COMPILED_CHUNK
