@@ -16,9 +16,10 @@ out and streams it from memory once per reduction: 1.0–1.2 ns per element on t
 development CPU against 0.36 ns here (32 rows × 256 tokens × V = 5000, bf16).
 
 The build (≈ 30 s once per machine, Python, torch version and CPU capability, cached
-under torch's extensions directory, ``TORCH_EXTENSIONS_DIR``) needs a C++ compiler and ninja (a dependency). Where it fails, ``available()``
-is False after one warning and callers keep their ``torch.compile`` kernels;
-``RLLC_CPU_KERNELS=0`` chooses those without trying.
+under torch's extensions directory, ``TORCH_EXTENSIONS_DIR``) needs a C++ compiler and
+ninja (a dependency). Where it fails, ``available()`` is False after one warning and
+callers keep their ``torch.compile`` kernels; ``RLLC_CPU_KERNELS=0`` chooses those without
+trying.
 """
 
 from __future__ import annotations
