@@ -104,9 +104,10 @@ def sample_heads(
             sampled weights, LayerNorms, attention and the loss stay fp32; L_n(w*) and
             L_B(w*) use the same unembedding, so the estimators' differences stay
             consistent). Fast path only; the general path is float32.
-        compile: fuse the rows' forward/backward and the loss's chunk kernels with
-            ``torch.compile`` (seconds to compile once per shape, cached on disk); None =
-            when a C++ compiler is available and the vocabulary is large (≥ 2048).
+        compile: fuse the rows' forward/backward with ``torch.compile`` and the loss's
+            chunk kernels (on a CPU the hand-written ``cpu_kernels``; seconds to compile once
+            per shape, cached on disk); None = when a C++ compiler is available and the
+            vocabulary is large (≥ 2048).
         chunk_size: tokens per block of the fused loss (default ``default_chunk``: 128,
             512 compiled, ≈ 2²⁴ / vocab with the CPU kernel).
         max_rows: at most this many (head, chain) rows per forward/backward pass (bounds
