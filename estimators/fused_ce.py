@@ -109,14 +109,16 @@ def _compiled(fn):
     return torch._dynamo.config.patch(recompile_limit=32)(compiled)
 
 
-def _kernel(need_grad: bool, compile: bool, h: Tensor, w_mm: Tensor):
-    """The chunk kernel ``(h, w, b) → (lse, softmax·W or None)`` and whether it needs one
-    static shape: with ``compile``, the CPU kernel where it serves (float32 hidden states on
-    the CPU), else ``_ce_chunk`` compiled by inductor."""
-    if compile and h.dtype == torch.float32 and cpu_kernels.usable(h, w_mm):
-        return _CHUNK_KERNELS["cpu", need_grad], False
-    fn = _CHUNK_KERNELS["torch", need_grad]
-    return (_compiled(fn), True) if compile else (fn, False)
+def _fused_kernel(compile: bool, cpu_fn, torch_fn, x: Tensor, *operands: Tensor):
+    """The kernel a loss's chunks take, and whether it needs one static shape: with
+    ``compile``, ``cpu_fn`` where the CPU kernel serves (a float32 model's ``x`` and the
+    ``operands`` on the CPU), else ``torch_fn`` compiled by inductor; eager ``torch_fn``
+    without."""
+    if not compile:
+        return torch_fn, False
+    if x.dtype == torch.float32 and cpu_kernels.usable(x, *operands):
+        return cpu_fn, False
+    return _compiled(torch_fn), True
 
 
 # one object per kernel, so that _compiled's cache holds one compiled function each
@@ -150,7 +152,9 @@ class _LinearCrossEntropy(Function):
                 targets: Tensor, chunk: int, compile: bool) -> Tensor:
         R, N, D = h.shape
         need = bool(ctx.needs_input_grad[0])
-        kernel, static = _kernel(need, compile, h, w_mm)
+        # chunk kernel (h, w, b) → (lse, softmax·W or None)
+        kernel, static = _fused_kernel(compile, _CHUNK_KERNELS["cpu", need],
+                                       _CHUNK_KERNELS["torch", need], h, w_mm)
         h = h.detach()
         flat_h = h.reshape(R * N, D)  # kernels see plain tensors (one specialisation)
         total = R * N
@@ -273,13 +277,7 @@ class _LowRankCrossEntropy(Function):
         head_y = (zs_r * ms_r[:, :, y].transpose(1, 2)).sum(-1)  # [R, N]
         x_y = (a_y - head_y + (z * m[:, :, y].transpose(1, 2)).sum(-1) - mu * u[y]
                + sigma * c[y])
-        static = False
-        if compile and z.dtype == torch.float32 and cpu_kernels.usable(z, m_cat):
-            kernel = _lowrank_chunk_cpu
-        elif compile:
-            kernel, static = _compiled(_lowrank_chunk), True
-        else:
-            kernel = _lowrank_chunk
+        kernel, static = _fused_kernel(compile, _lowrank_chunk_cpu, _lowrank_chunk, z, m_cat)
         loss = z.new_empty(R, N)
         d_inv = z.new_empty(R, N)
         d_t = z.new_empty(R, N, k + 2)  # ∂ℓ/∂(z | μ | σ) through X, softmax part
