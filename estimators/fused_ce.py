@@ -93,7 +93,7 @@ def _ce_chunk(h: Tensor, w: Tensor, b: Tensor | None,
 def _ce_chunk_cpu(h: Tensor, w: Tensor, b: Tensor | None,
                   need_grad: bool) -> tuple[Tensor, Tensor | None]:
     """``_ce_chunk`` with its vocabulary-wide passes in one ``cpu_kernels.softmax_rows``."""
-    lse, _, s, e = cpu_kernels.softmax_rows(h.to(w.dtype) @ w.t(), c=b)  # e: matmul dtype
+    lse, _, s, e, _, _ = cpu_kernels.softmax_rows(h.to(w.dtype) @ w.t(), c=b)  # e: mm dtype
     if not need_grad:
         return lse.to(h.dtype), None
     return lse.to(h.dtype), (e @ w).to(h.dtype) / s[:, None].to(h.dtype)
@@ -220,7 +220,7 @@ def linear_cross_entropy(
 
 
 def _lowrank_chunk(a: Tensor, xd: Tensor, mu: Tensor, sigma: Tensor, x_y: Tensor, u: Tensor,
-                   c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The vocabulary-wide part of one token chunk for every row at once.
 
     a [c, V] = resid*·U′ (shared by all rows); xd [R, c, V] = z_r·M_r − zs_h·Ms_h (the
@@ -229,9 +229,9 @@ def _lowrank_chunk(a: Tensor, xd: Tensor, mu: Tensor, sigma: Tensor, x_y: Tensor
         X = a + xd − μ·u + σ·c,   logits = X/σ,   ℓ = logsumexp(logits) − X_y/σ
 
     Returns (ℓ [R, c], ∂ℓ/∂(1/σ) = Σ_v softmax_v·X_v − X_y [R, c], e = exp(logits − max)
-    [R, c, V] in xd's dtype, (1/σ)/Σ_v e [R, c]): softmax/σ = e·scale, the scale applied by
-    the caller to the small products. The one-hot parts of the gradients are added by the
-    caller."""
+    [R, c, V] in xd's dtype, (1/σ)/Σ_v e [R, c], Σ_v e_v·(u_v, c_v) [R, c, 2]):
+    softmax/σ = e·scale, the scale applied by the caller to the small products. The one-hot
+    parts of the gradients are added by the caller."""
     inv = 1.0 / sigma[..., None]  # [R, c, 1]
     x = a + xd.to(a.dtype) - mu[..., None] * u + sigma[..., None] * c
     logits = x * inv
@@ -240,17 +240,19 @@ def _lowrank_chunk(a: Tensor, xd: Tensor, mu: Tensor, sigma: Tensor, x_y: Tensor
     s = e.sum(-1, keepdim=True)
     loss = (m + s.log()).squeeze(-1) - x_y / sigma
     d_inv = (e * x).sum(-1) / s.squeeze(-1) - x_y
-    return loss, d_inv, e.to(xd.dtype), (inv / s).squeeze(-1)
+    e_uc = torch.stack([(e * u).sum(-1), (e * c).sum(-1)], dim=-1)
+    return loss, d_inv, e.to(xd.dtype), (inv / s).squeeze(-1), e_uc
 
 
 def _lowrank_chunk_cpu(a: Tensor, xd: Tensor, mu: Tensor, sigma: Tensor, x_y: Tensor,
-                       u: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       u: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``_lowrank_chunk`` in one ``cpu_kernels.softmax_rows`` call."""
     R, n, V = xd.shape
-    lse, mean, s, e = cpu_kernels.softmax_rows(
+    lse, mean, s, e, eu, ec = cpu_kernels.softmax_rows(
         xd.reshape(R * n, V), a=a, mu=mu.reshape(-1), sigma=sigma.reshape(-1), u=u, c=c)
     lse, mean, s = lse.view(R, n), mean.view(R, n), s.view(R, n)
-    return lse - x_y / sigma, mean - x_y, e.view(R, n, V), 1.0 / (sigma * s)
+    e_uc = torch.stack([eu, ec], dim=-1).view(R, n, 2)
+    return lse - x_y / sigma, mean - x_y, e.view(R, n, V), 1.0 / (sigma * s), e_uc
 
 
 class _LowRankCrossEntropy(Function):
@@ -270,8 +272,7 @@ class _LowRankCrossEntropy(Function):
         zs_r, ms_r = zs[head], ms[head]  # [R, N, k], [R, k, V]
         z_cat = torch.cat([zs_r, z - zs_r], dim=-1).to(mm_dtype)  # [R, N, 2k]
         m_cat = torch.cat([m - ms_r, m], dim=1).to(mm_dtype)  # [R, 2k, V]
-        m_t = torch.cat([m, u.expand(R, 1, -1), c.expand(R, 1, -1)], dim=1)  # [R, k+2, V]
-        m_t_mm = m_t.to(mm_dtype).transpose(1, 2)  # [R, V, k+2]
+        m_t_mm = m.to(mm_dtype).transpose(1, 2)  # [R, V, k]; the u, c columns: kernel sums
         # target logits X_y in the model's dtype: [R, N]
         a_y = (resid_star * u_prime.t()[y]).sum(-1)  # [N]
         head_y = (zs_r * ms_r[:, :, y].transpose(1, 2)).sum(-1)  # [R, N]
@@ -281,8 +282,9 @@ class _LowRankCrossEntropy(Function):
         loss = z.new_empty(R, N)
         d_inv = z.new_empty(R, N)
         d_t = z.new_empty(R, N, k + 2)  # ∂ℓ/∂(z | μ | σ) through X, softmax part
-        d_m = torch.zeros_like(m)  # ∂ℓ/∂M, summed over chunks in the model's dtype
-        z_t = z.transpose(1, 2)  # [R, k, N]
+        # ∂ℓ/∂M, summed over chunks in the model's dtype, as [R, V, k]: eᵀ·z is the faster
+        # product (K = chunk either way, but a k-wide output instead of a k-high one)
+        d_m_t = m.new_zeros(R, m.shape[2], k)
         for s0 in range(0, N, chunk):
             s1 = min(s0 + chunk, N)
             sl = slice(s0, s1)
@@ -292,20 +294,25 @@ class _LowRankCrossEntropy(Function):
             args = [a, xd, mu[:, sl], sigma[:, sl], x_y[:, sl]]
             if pad:
                 args = _pad_tokens(args, pad)
-            lo, di, e, scale = kernel(*args, u, c)  # softmax/σ = e·scale
+            lo, di, e, scale, e_uc = kernel(*args, u, c)  # softmax/σ = e·scale
             if pad:
-                lo, di, e, scale = (t[:, : s1 - s0] for t in (lo, di, e, scale))
+                lo, di, e, scale, e_uc = (t[:, : s1 - s0] for t in (lo, di, e, scale, e_uc))
             loss[:, sl], d_inv[:, sl] = lo, di
-            d_t[:, sl] = torch.bmm(e, m_t_mm).to(z.dtype) * scale[..., None]
-            z_scaled = (z_t[:, :, sl] * scale[:, None, :]).to(mm_dtype)  # [R, k, c]
+            d_t[:, sl, :k] = torch.bmm(e, m_t_mm).to(z.dtype) * scale[..., None]
+            d_t[:, sl, k:] = e_uc * scale[..., None]
+            z_scaled = (z[:, sl] * scale[..., None]).to(mm_dtype)  # [R, c, k]
+            e_t = e.transpose(1, 2)  # [R, V, c]
             if mm_dtype == z.dtype:
-                d_m.baddbmm_(z_scaled, e)
+                d_m_t.baddbmm_(e_t, z_scaled)
             else:  # bf16 operands give a bf16 product: accumulate it in the model's dtype
-                d_m += torch.bmm(z_scaled, e)
+                d_m_t += torch.bmm(e_t, z_scaled)
         inv = 1.0 / sigma
         # one-hot parts: ∂ℓ/∂X_v has −onehot(y)/σ besides softmax/σ
-        d_t -= inv[..., None] * m_t[:, :, y].transpose(1, 2)
-        d_m.index_add_(2, y, -(z * inv[..., None]).transpose(1, 2))
+        m_t_y = torch.cat([m[:, :, y].transpose(1, 2), u[y, None].expand(R, N, 1),
+                           c[y, None].expand(R, N, 1)], dim=-1)  # [R, N, k+2]
+        d_t -= inv[..., None] * m_t_y
+        d_m_t.index_add_(1, y, -(z * inv[..., None]))
+        d_m = d_m_t.transpose(1, 2)
         d_z, d_mu, d_sig = d_t[..., :k], -d_t[..., k], d_t[..., k + 1] - d_inv * inv**2
         ctx.save_for_backward(d_z, d_mu, d_sig, d_m)
         ctx.n = N

@@ -5,7 +5,9 @@
 //     lowrank:  X_iv = a_tv + xd_iv − μ_i·u_v + σ_i·c_v,   logits_iv = X_iv / σ_i
 //     dense:    X_iv = xd_iv + c_v,                       logits_iv = X_iv
 // and gets lse_i = logsumexp_v logits_iv, mean_i = Σ_v softmax_iv·X_iv,
-// s_i = Σ_v e_iv and e_iv = exp(logits_iv − max_v logits_iv) written in xd's dtype.
+// s_i = Σ_v e_iv and e_iv = exp(logits_iv − max_v logits_iv) written in xd's dtype; the
+// lowrank form also Σ_v e_iv·u_v and Σ_v e_iv·c_v (the μ and σ columns of the gradient,
+// which would otherwise widen the caller's k-wide e·Mᵀ matmul by two).
 //
 // Inductor's kernel for the same math writes X to memory and streams it from memory once per
 // reduction (max, sum, normalised output); here each row stays in the core's L1/L2 cache
@@ -42,7 +44,8 @@ inline float horizontal_sum(const Vec& v) {
 template <typename T, bool LOWRANK>
 void softmax_rows_impl(const float* a, const T* xd, const float* mu, const float* sigma,
                        const float* u, const float* c, float* lse, float* mean, float* sum,
-                       T* e_out, int64_t rows, int64_t C, int64_t V) {
+                       float* sum_u, float* sum_c, T* e_out, int64_t rows, int64_t C,
+                       int64_t V) {
   at::parallel_for(0, rows, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> buffer(V);  // one row of X, cache-resident between the two passes
     float* x_row = buffer.data();
@@ -83,30 +86,44 @@ void softmax_rows_impl(const float* a, const T* xd, const float* mu, const float
       // pass 2: e = exp(logits − max), Σe, Σe·X
       const float m = x_max * inv;
       const Vec vinv(inv), vm(m);
-      Vec vs(0.f), vsx(0.f);
+      Vec vs(0.f), vsx(0.f), vsu(0.f), vsc(0.f);
       for (v = 0; v < V_vec; v += W) {
         const Vec x = Vec::loadu(x_row + v);
         const Vec e = (x * vinv - vm).exp_u20();
         vs = vs + e;
         vsx = vsx + e * x;
+        if constexpr (LOWRANK) {
+          vsu = vsu + e * Vec::loadu(u + v);
+          vsc = vsc + e * Vec::loadu(c + v);
+        }
         at::vec::convert<T>(e).store(e_row + v, W);
       }
       float s = horizontal_sum(vs), sx = horizontal_sum(vsx);
+      float su = horizontal_sum(vsu), sc = horizontal_sum(vsc);
       for (; v < V; ++v) {
         const float e = std::exp(x_row[v] * inv - m);
         s += e;
         sx += e * x_row[v];
+        if constexpr (LOWRANK) {
+          su += e * u[v];
+          sc += e * c[v];
+        }
         e_row[v] = static_cast<T>(e);
       }
       lse[i] = m + std::log(s);
       mean[i] = sx / s;
       sum[i] = s;
+      if constexpr (LOWRANK) {
+        sum_u[i] = su;
+        sum_c[i] = sc;
+      }
     }
   });
 }
 
-// Returns (lse [rows], mean [rows], s [rows], e [rows, V] in xd's dtype). a is [C, V] or
-// empty (dense); mu, sigma [rows] and u [V] are used with a; c [V] may be empty (dense).
+// Returns (lse, mean, s [rows], e [rows, V] in xd's dtype, Σe·u, Σe·c [rows]; the last two
+// empty in the dense form). a is [C, V] or empty (dense); mu, sigma [rows] and u [V] are used
+// with a; c [V] may be empty (dense).
 std::vector<at::Tensor> softmax_rows(const at::Tensor& xd, const at::Tensor& a,
                                      const at::Tensor& mu, const at::Tensor& sigma,
                                      const at::Tensor& u, const at::Tensor& c) {
@@ -135,19 +152,21 @@ std::vector<at::Tensor> softmax_rows(const at::Tensor& xd, const at::Tensor& a,
   }
   auto opts = xd.options().dtype(at::kFloat);
   auto lse = at::empty({rows}, opts), mean = at::empty({rows}, opts), sum = at::empty({rows}, opts);
+  auto sum_u = at::empty({lowrank ? rows : 0}, opts), sum_c = at::empty({lowrank ? rows : 0}, opts);
   auto e = at::empty_like(xd);
   float *lse_p = lse.data_ptr<float>(), *mean_p = mean.data_ptr<float>(),
-        *sum_p = sum.data_ptr<float>();
+        *sum_p = sum.data_ptr<float>(), *su_p = sum_u.data_ptr<float>(),
+        *sc_p = sum_c.data_ptr<float>();
   if (xd.scalar_type() == at::kFloat) {
     (lowrank ? softmax_rows_impl<float, true> : softmax_rows_impl<float, false>)(
         a_ptr, xd.data_ptr<float>(), mu_ptr, sigma_ptr, u_ptr, c_ptr, lse_p, mean_p, sum_p,
-        e.data_ptr<float>(), rows, C, V);
+        su_p, sc_p, e.data_ptr<float>(), rows, C, V);
   } else {
     (lowrank ? softmax_rows_impl<at::BFloat16, true> : softmax_rows_impl<at::BFloat16, false>)(
         a_ptr, xd.data_ptr<at::BFloat16>(), mu_ptr, sigma_ptr, u_ptr, c_ptr, lse_p, mean_p,
-        sum_p, e.data_ptr<at::BFloat16>(), rows, C, V);
+        sum_p, su_p, sc_p, e.data_ptr<at::BFloat16>(), rows, C, V);
   }
-  return {lse, mean, sum, e};
+  return {lse, mean, sum, e, sum_u, sum_c};
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
-"""The hand-written CPU softmax kernel equals the same math in torch."""
+"""The hand-written CPU kernels equal the same math in torch."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rllc.estimators import cpu_kernels
 
@@ -43,7 +44,7 @@ def test_softmax_rows_equal_torch(form, dtype):
     p["xd"] = p["xd"].to(dtype)
     if form != "lowrank":
         p = {"xd": p["xd"], "c": None if form == "dense without bias" else p["c"]}
-    lse, mean, s, e = cpu_kernels.softmax_rows(**p)
+    lse, mean, s, e, eu, ec = cpu_kernels.softmax_rows(**p)
     ref = reference(**p)
     assert e.dtype == dtype and e.shape == p["xd"].shape
     # float32 sums of 1005 terms and a fast exp (20 ulp): relative 1e-5; e rounds to xd's dtype
@@ -51,6 +52,11 @@ def test_softmax_rows_equal_torch(form, dtype):
     for got, want in zip((lse, mean, s), ref[:3], strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(e.double(), ref[3], rtol=tol, atol=1e-7)
+    if form == "lowrank":  # the u and c moments, Σ_v e_v·u_v and Σ_v e_v·c_v
+        for got, w in ((eu, p["u"]), (ec, p["c"])):
+            torch.testing.assert_close(got.double(), ref[3] @ w.double(), rtol=1e-5, atol=1e-5)
+    else:
+        assert eu.numel() == 0 and ec.numel() == 0
 
 
 def test_extreme_logits_stay_finite_and_non_finite_rows_stay_non_finite():
@@ -60,7 +66,7 @@ def test_extreme_logits_stay_finite_and_non_finite_rows_stay_non_finite():
     xd[3, 7] = float("nan")
     xd[5, 2] = float("inf")
     xd[6, -1] = float("nan")  # in the scalar tail
-    lse, mean, _, _ = cpu_kernels.softmax_rows(xd, c=p["c"])
+    lse, mean, *_ = cpu_kernels.softmax_rows(xd, c=p["c"])
     torch.testing.assert_close(lse[0].double(), reference(xd[:1], c=p["c"])[0][0], rtol=1e-6,
                                atol=0)
     assert not torch.isfinite(lse[[3, 5, 6]]).any()
@@ -99,5 +105,77 @@ def test_a_failed_build_warns_once_and_leaves_the_fallback(monkeypatch):
         assert not cpu_kernels.usable(torch.zeros(2))  # cached: no second warning
         with pytest.raises(RuntimeError, match="not available"):
             cpu_kernels.softmax_rows(torch.zeros(2, 3))
+        with pytest.warns(RuntimeWarning, match="CPU attention kernel could not be built"):
+            assert not cpu_kernels.attention_usable("cpu", torch.float32, 32)
     finally:
         cpu_kernels._module.cache_clear()  # the next caller loads the built kernel again
+
+
+def heads(B, H, T, D, seed, dtype=torch.float64):
+    """q, k, v, grad_out [B, H, T, D] as the model makes them: views of a [B, T, 3·H·D]
+    projection (T strided by 3·H·D)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, T, 3, H, D, generator=g, dtype=dtype)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    return q, k, v, torch.randn(B, H, T, D, generator=g, dtype=dtype)
+
+
+def attention_and_grads(fn, q, k, v, grad_out):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    o = fn(q, k, v)
+    return (o, *torch.autograd.grad(o, (q, k, v), grad_out))
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+# T: one row block (8), ragged blocks and score tiles, the paper's context; D: each compiled size
+@pytest.mark.parametrize(("B", "H", "T", "D"),
+                         [(1, 1, 8, 16), (2, 3, 37, 32), (2, 2, 70, 64), (3, 2, 256, 32)])
+def test_causal_attention_equals_sdpa(B, H, T, D):
+    q, k, v, g = heads(B, H, T, D, seed=T)
+    want = attention_and_grads(sdpa, q, k, v, g)  # float64
+    got = attention_and_grads(cpu_kernels.causal_attention, *(t.float() for t in (q, k, v, g)))
+    # float32 sums over ≤ 256 keys and a fast exp (20 ulp)
+    for name, x, y in zip(("o", "dq", "dk", "dv"), got, want, strict=True):
+        torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5, msg=name)
+    assert got[0].transpose(1, 2).is_contiguous()  # [B, T, H, D] memory: heads concatenate freely
+
+
+def test_causal_attention_in_a_compiled_graph_equals_eager():
+    """The op is opaque to inductor (a ``torch.library`` op with a fake and an autograd
+    rule): a compiled graph around it gives the eager values and gradients."""
+    q, k, v, _ = heads(2, 2, 40, 16, seed=1, dtype=torch.float32)
+    g = torch.randn(2, 40, 32)
+
+    def f(attend, q, k, v):
+        return (attend(q * 1.5, k, v).transpose(1, 2).reshape(2, 40, 32) * 2).sin()
+
+    compiled = torch.compile(f, dynamic=False)
+    eager = attention_and_grads(lambda *t: f(sdpa, *t), q, k, v, g)
+    fused = attention_and_grads(lambda *t: compiled(cpu_kernels.causal_attention, *t), q, k, v, g)
+    for x, y in zip(fused, eager, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_attention_op_registration():
+    q, k, v, _ = heads(1, 2, 12, 16, seed=2, dtype=torch.float32)
+    torch.library.opcheck(cpu_kernels._attention_op,
+                          tuple(t.detach().requires_grad_() for t in (q, k, v)))
+
+
+def test_attention_usable_only_for_cpu_float32_compiled_head_sizes():
+    assert cpu_kernels.attention_usable("cpu", torch.float32, 32)
+    assert not cpu_kernels.attention_usable("cpu", torch.float64, 32)
+    assert not cpu_kernels.attention_usable("cpu", torch.float32, 4)
+    assert not cpu_kernels.attention_usable("cuda", torch.float32, 32)
+
+
+def test_causal_attention_refuses_what_it_is_not_built_for():
+    q = torch.zeros(1, 1, 4, 16, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="float32"):
+        cpu_kernels.causal_attention(q, q, q)
+    q = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(RuntimeError, match="head size must be 16, 32 or 64"):
+        cpu_kernels.causal_attention(q, q, q)

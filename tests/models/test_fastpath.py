@@ -98,11 +98,15 @@ def test_rank_k_unembedding_gives_the_same_traces():
 
 
 @pytest.mark.slow
-def test_compiled_fast_path_gives_the_eager_traces():
-    """``compile=True`` fuses the rows' forward/backward and the loss kernels and, by
+@pytest.mark.parametrize("d_head", [4, 16])  # 16: attention in the CPU kernel
+def test_compiled_fast_path_gives_the_eager_traces(d_head):
+    """``compile=True`` fuses the rows' forward/backward and the loss kernels (and, for the
+    head sizes it is built for, attention: ``cpu_kernels.causal_attention``) and, by
     default, takes the rank-k unembedding for last-layer heads: the eager dense path's
     traces up to float32 reassociation (see the module docstring)."""
-    model, tokens = make(dtype=torch.float32)
+    model, tokens = make(dtype=torch.float32, d_head=d_head)
+    step = HeadLayerStep(model, 0, [1], Numerics(compile=True))
+    assert step.fm.shape.cpu_attention == (d_head == 16)
     cfg = config(draws=12)
     eager = sample_heads(model, tokens, ["0:1", "1:2"], cfg, compile=False)
     fused = sample_heads(model, tokens, ["0:1", "1:2"], cfg, compile=True)
