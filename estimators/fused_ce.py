@@ -67,9 +67,10 @@ CPU_KERNEL_BLOCK = 1 << 24
 PRECISIONS = ("float32", "bfloat16")
 
 
-def _ce_chunk(h: Tensor, w: Tensor, b: Tensor | None,
+def _ce_chunk(h: Tensor, w: Tensor, w_t: Tensor, b: Tensor | None,
               need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """The vocabulary-wide part of one chunk: h [c, D], w [V, D] in the matmul dtype.
+    """The vocabulary-wide part of one chunk: h [c, D], w [V, D] and its contiguous
+    transpose w_t [D, V] in the matmul dtype (each product reads its operand row-major).
 
         lse_t = m_t + log s_t,   m_t = max_v z_tv,   e_tv = exp(z_tv − m_t),   s_t = Σ_v e_tv
         g_t = Σ_v softmax_tv·W_v = (Σ_v e_tv·W_v)/s_t
@@ -79,7 +80,7 @@ def _ce_chunk(h: Tensor, w: Tensor, b: Tensor | None,
     more to write e (in the matmul dtype) and sum it, and read by the second matmul; the
     softmax normalisation acts on the small [c, D] result instead.
     """
-    z = h.to(w.dtype) @ w.t()  # [c, V]
+    z = h.to(w.dtype) @ w_t  # [c, V]
     z = z.to(h.dtype) if b is None else z.to(h.dtype) + b
     m = z.amax(1, keepdim=True)  # [c, 1]
     e = (z - m).exp()  # [c, V]
@@ -90,10 +91,10 @@ def _ce_chunk(h: Tensor, w: Tensor, b: Tensor | None,
     return lse, (e.to(w.dtype) @ w).to(h.dtype) / s
 
 
-def _ce_chunk_cpu(h: Tensor, w: Tensor, b: Tensor | None,
+def _ce_chunk_cpu(h: Tensor, w: Tensor, w_t: Tensor, b: Tensor | None,
                   need_grad: bool) -> tuple[Tensor, Tensor | None]:
     """``_ce_chunk`` with its vocabulary-wide passes in one ``cpu_kernels.softmax_rows``."""
-    lse, _, s, e, _, _ = cpu_kernels.softmax_rows(h.to(w.dtype) @ w.t(), c=b)  # e: mm dtype
+    lse, _, s, e, _, _ = cpu_kernels.softmax_rows(h.to(w.dtype) @ w_t, c=b)  # e: mm dtype
     if not need_grad:
         return lse.to(h.dtype), None
     return lse.to(h.dtype), (e @ w).to(h.dtype) / s[:, None].to(h.dtype)
@@ -152,10 +153,12 @@ class _LinearCrossEntropy(Function):
                 targets: Tensor, chunk: int, compile: bool) -> Tensor:
         R, N, D = h.shape
         need = bool(ctx.needs_input_grad[0])
-        # chunk kernel (h, w, b) → (lse, softmax·W or None)
+        # chunk kernel (h, w, wᵀ, b) → (lse, softmax·W or None)
         kernel, static = _fused_kernel(compile, _CHUNK_KERNELS["cpu", need],
                                        _CHUNK_KERNELS["torch", need], h, w_mm)
         h = h.detach()
+        # [D, V] row-major for h·Wᵀ: a transposed view is read ≈ 5% slower (bf16, CPU)
+        w_t = w_mm.t().contiguous()
         flat_h = h.reshape(R * N, D)  # kernels see plain tensors (one specialisation)
         total = R * N
         chunk = min(chunk, total)
@@ -166,7 +169,7 @@ class _LinearCrossEntropy(Function):
             hc = flat_h[s:e]
             if static and e - s < chunk:  # pad the last chunk: one static shape per run
                 hc = torch.cat([hc, hc.new_zeros(chunk - (e - s), D)])
-            lc, gc = kernel(hc, w_mm, bias)
+            lc, gc = kernel(hc, w_mm, w_t, bias)
             lse[s:e] = lc[: e - s]
             if need:
                 grad[s:e] = gc[: e - s]
@@ -285,11 +288,14 @@ class _LowRankCrossEntropy(Function):
         # ∂ℓ/∂M, summed over chunks in the model's dtype, as [R, V, k]: eᵀ·z is the faster
         # product (K = chunk either way, but a k-wide output instead of a k-high one)
         d_m_t = m.new_zeros(R, m.shape[2], k)
+        # A = resid*·U′ for all tokens in one matmul: [chunk, D] × [D, V] runs at half the
+        # rate of [N, D] × [D, V] (fp32 on the development CPU: ≈ 94 against ≈ 170 GFLOP/s)
+        a_all = resid_star @ u_prime  # [N, V]
         for s0 in range(0, N, chunk):
             s1 = min(s0 + chunk, N)
             sl = slice(s0, s1)
             pad = chunk - (s1 - s0) if static else 0  # one static shape per run
-            a = resid_star[sl] @ u_prime  # [c, V]
+            a = a_all[sl]  # [c, V]
             xd = torch.bmm(z_cat[:, sl], m_cat)  # [R, c, V]
             args = [a, xd, mu[:, sl], sigma[:, sl], x_y[:, sl]]
             if pad:
