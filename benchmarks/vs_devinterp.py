@@ -19,7 +19,8 @@ times (the output says so); ``--full`` runs the whole point on both sides (≈ 2
 devinterp on a 2-core CPU).
 
     python benchmarks/vs_devinterp.py [--full] [--draws 8] [--heads 0:1,1:6|all] [--repeats 3]
-                                      [--precision bfloat16|float32] [--independent-batches]
+                                      [--precision int8|bfloat16|float32]
+                                      [--independent-batches]
                                       [--train-steps 400] [--json]
 
 ``benchmarks/README.md`` has the measured figures and the commands that produced them.
@@ -346,15 +347,21 @@ def full_point_seconds(run: Run, heads_per_layer: int, per_head_fixed: bool) -> 
 
 
 def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n×n×n ``torch.mm`` in ``dtype`` on ``device``."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    """Best GFLOP/s (GOP/s for int8: ``torch._int_mm``, int32 accumulation) of an n×n×n
+    matmul in ``dtype`` on ``device``."""
+    if dtype == torch.int8:
+        a, b = (torch.randint(-127, 128, (n, n), dtype=dtype, device=device) for _ in range(2))
+        mm = torch._int_mm
+    else:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        mm = torch.mm
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    a @ b
+    mm(a, b)
     sync()
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        mm(a, b)
         sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
@@ -374,9 +381,11 @@ def main() -> None:
                         help="heads devinterp samples when not --full (≥ one per layer), "
                         "or 'all'")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed repeats")
-    parser.add_argument("--precision", choices=["bfloat16", "float32"], default="bfloat16",
-                        help="rllc's matmul precision (bfloat16: bf16 operands, fp32 "
-                        "accumulation; float32: exact)")
+    parser.add_argument("--precision", choices=["int8", "bfloat16", "float32"],
+                        default="int8",
+                        help="rllc's matmul precision (int8: bfloat16, with layer-0 rows' "
+                        "unembedding as int8 differences from w*; bfloat16: bf16 operands, "
+                        "fp32 accumulation; float32: exact)")
     parser.add_argument("--train-steps", type=int, default=400,
                         help="AdamW steps before sampling (0: random init)")
     parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
@@ -404,7 +413,8 @@ def main() -> None:
         sys.exit("--heads needs at least one head of every layer (per-layer step times differ)")
     threads = torch.get_num_threads()
     log(f"{threads} threads; measuring matmul peaks")
-    peaks = {p: matmul_peak(getattr(torch, p), args.device) for p in ("float32", "bfloat16")}
+    peaks = {p: matmul_peak(getattr(torch, p), args.device)
+             for p in ("float32", "bfloat16", "int8")}
 
     model = trained_model(args.train_steps)
     tokens = synthetic_tokens(args.samples, seed=2)
@@ -449,7 +459,8 @@ def main() -> None:
     flops = rllc_runs[0].flops_per_step
     gflops = (sum(flops[layer] for layer in layers)
               / sum(med(rllc_runs, layer) for layer in layers) / 1e9)
-    peak = peaks[args.precision]
+    # int8 runs do most of their work in bf16 (the int8 products are counted as FLOPs too)
+    peak = peaks["bfloat16" if args.precision == "int8" else args.precision]
     dev_est, rllc_est = dev_runs[0].llc, rllc_runs[0].llc
     compared = [h for h in all_heads if h in dev_est]
     agreeing = sum(agree(dev_est[h], rllc_est[h]) for h in compared)
@@ -477,8 +488,10 @@ def main() -> None:
     print(f"speedup (median of {args.repeats} alternating repeats): {speedup:.1f}×  "
           f"(each: {', '.join(f'{x:.1f}' for x in ratios)})")
     print(f"rllc: {gflops:.0f} GFLOP/s (matmul FLOPs of its steps) against a measured "
-          f"{args.precision} matmul peak of {peak:.0f} GFLOP/s ({100 * gflops / peak:.0f}%); "
-          f"fp32 peak {peaks['float32']:.0f}, bf16 peak {peaks['bfloat16']:.0f}")
+          f"{'bfloat16' if args.precision == 'int8' else args.precision} matmul peak of "
+          f"{peak:.0f} GFLOP/s ({100 * gflops / peak:.0f}%); fp32 peak "
+          f"{peaks['float32']:.0f}, bf16 peak {peaks['bfloat16']:.0f}, int8 peak "
+          f"{peaks['int8']:.0f} GOP/s")
     # both libraries' estimator (plain) is compared; rllc's paired estimator, on the same
     # traces, shows how much of each standard error is minibatch noise
     paired = rllc_runs[0].paired or {}
@@ -500,6 +513,7 @@ def main() -> None:
             "peak_gflops": peak,
             "peak_gflops_fp32": peaks["float32"],
             "peak_gflops_bf16": peaks["bfloat16"],
+            "peak_gops_int8": peaks["int8"],
             "precision": args.precision,
             "extrapolated": not args.full,
             "draws": draws,

@@ -112,9 +112,11 @@ def model(
                                  "torch's; 1 is fastest on a busy shared machine).")
     ] = None,
     precision: Annotated[
-        str, typer.Option("--precision", help="A head's matmul precision: float32 (exact) "
-                          "or bfloat16 (bf16 operands, fp32 accumulation; faster on GPUs "
-                          "and CPUs with bf16 units).")
+        str, typer.Option("--precision", help="A head's matmul precision: float32 (exact), "
+                          "bfloat16 (bf16 operands, fp32 accumulation; faster on GPUs "
+                          "and CPUs with bf16 units) or int8 (bfloat16, with the "
+                          "unembedding of heads below the last layer as int8 differences "
+                          "from w*: faster on CPUs with int8 dot products).")
     ] = "float32",
     step_size: StepSize = None,
     localization: Localization = None,
@@ -146,8 +148,8 @@ def model(
         draws=draws, burnin=burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
         preconditioner=preconditioner, seed=seed,
     ))
-    if precision not in ("float32", "bfloat16"):
-        raise UsageError(f"--precision must be float32 or bfloat16, got {precision!r}")
+    if precision not in ("float32", "bfloat16", "int8"):
+        raise UsageError(f"--precision must be float32, bfloat16 or int8, got {precision!r}")
     try:
         check_dataset(dataset)
         target = expand_checkpoints([checkpoint])[-1]

@@ -150,6 +150,26 @@ def softmax_rows(
                                          f32(sigma), f32(u), f32(c)))
 
 
+def delta_softmax_rows(acc: Tensor, rs: Tensor, cs: Tensor, ref: Tensor, p_ref: Tensor,
+                       t0: int, need_grad: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The vocabulary-wide passes of the int8-difference unembedding (``fused_ce``,
+    precision "int8"): row i of ``acc`` [rows, V] (int32) is token t = (t0 + i) mod N of
+    ``ref``, ``p_ref`` [N, V] (the reference logits and softmax),
+
+        X_iv = ref_tv + rs_i·cs_v·acc_iv,   lse_i = logsumexp_v X_iv,
+        Δp_iv = softmax_iv − p_ref_tv  as int8 round(Δp_iv/ds_i),  ds_i = max_v |Δp_iv|/127
+
+    Returns (lse [rows], the int8 Δp [rows, V] and ds [rows], or None without
+    ``need_grad``)."""
+    mod = _module()
+    if mod is None:
+        raise RuntimeError("the CPU softmax kernel is not available (see available())")
+    lse, dq, ds = mod.delta_softmax_rows(acc.contiguous(), rs.contiguous(), cs.contiguous(),
+                                         ref.contiguous(), p_ref.contiguous(), int(t0),
+                                         bool(need_grad))
+    return (lse, dq, ds) if need_grad else (lse, None, None)
+
+
 #: Head sizes ``causal_attention.cpp`` is compiled for.
 ATTENTION_HEAD_SIZES = (16, 32, 64)
 

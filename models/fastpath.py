@@ -36,11 +36,18 @@ from torch import Tensor, nn
 
 from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
 from rllc.estimators.cputune import tune_cpu
-from rllc.estimators.fused_ce import PRECISIONS, compile_available, default_chunk
+from rllc.estimators.fused_ce import compile_available, default_chunk
 from rllc.estimators.sampler import MinibatchStream, frozen_state, noise_seed, run_sgld
 
 from .components import component_selection, expand_components, parse_component
-from .head_step import FrozenTransformer, HeadLayerStep, LayerPrefix, Numerics, step_flops
+from .head_step import (
+    HEAD_PRECISIONS,
+    FrozenTransformer,
+    HeadLayerStep,
+    LayerPrefix,
+    Numerics,
+    step_flops,
+)
 from .objective import lm_objective
 from .transformer import AttentionOnlyTransformer
 
@@ -103,7 +110,12 @@ def sample_heads(
             with fp32 accumulation, several times faster on CPUs with AMX and on GPUs;
             sampled weights, LayerNorms, attention and the loss stay fp32; L_n(w*) and
             L_B(w*) use the same unembedding, so the estimators' differences stay
-            consistent). Fast path only; the general path is float32.
+            consistent), or "int8": bfloat16, but layer rows below the last take the
+            unembedding's two products as int8 differences from w*
+            (``int8_linear_cross_entropy``: int8 operands twice the bf16 rate on CPUs with
+            VNNI; rounding acts on h − h* and softmax − softmax* only, so losses' differences
+            from w* are closer to float32's than bfloat16's). Fast path only; the general
+            path is float32.
         compile: fuse the rows' forward/backward with ``torch.compile`` and the loss's
             chunk kernels (on a CPU the hand-written ``cpu_kernels``; seconds to compile once
             per shape, cached on disk); None = when a C++ compiler is available and the
@@ -209,8 +221,8 @@ def frozen_data_loss(
     reason = fast_path_reason(model)
     if reason:
         raise FastPathError(f"the head fast path does not apply: {reason}")
-    if unembed_precision is not None and unembed_precision not in PRECISIONS:
-        raise ValueError(f"unembed_precision must be one of {PRECISIONS}, "
+    if unembed_precision is not None and unembed_precision not in HEAD_PRECISIONS:
+        raise ValueError(f"unembed_precision must be one of {HEAD_PRECISIONS}, "
                          f"got {unembed_precision!r}")
     numerics = replace(_numerics(model, precision, None, None),  # as sample_heads's defaults
                        unembed=unembed_precision)
@@ -243,8 +255,8 @@ class _PrefixCache:
 
 def _numerics(model: nn.Module, precision: str, compile: bool | None,
               chunk_size: int | None) -> Numerics:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in HEAD_PRECISIONS:
+        raise ValueError(f"precision must be one of {HEAD_PRECISIONS}, got {precision!r}")
     vocab = getattr(getattr(model, "cfg", None), "d_vocab", 0)
     if compile is None:
         compile = vocab >= 2048 and compile_available()

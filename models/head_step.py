@@ -43,7 +43,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rllc.estimators import cpu_kernels
-from rllc.estimators.fused_ce import DEFAULT_CHUNK, linear_cross_entropy, lowrank_cross_entropy
+from rllc.estimators.fused_ce import (
+    DEFAULT_CHUNK,
+    Int8Unembedding,
+    int8_linear_cross_entropy,
+    int8_unembedding,
+    linear_cross_entropy,
+    lowrank_cross_entropy,
+)
 from rllc.estimators.sampler import frozen_state
 
 from .transformer import AttentionOnlyTransformer, TransformerConfig
@@ -98,6 +105,11 @@ class LayerPrefix:
     zs: Tensor  # [H, B, T, k]
     base: Tensor  # [H, B, T, D]
     star: Tensor | None = None  # L_B(w*), computed on demand
+    int8_ref: Int8Unembedding | None = None  # the int8 unembedding's w* side, on demand
+
+
+#: The fast path's precisions (``Numerics.precision``).
+HEAD_PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,10 @@ class Numerics:
     """How the frozen parts are computed. ``precision="bfloat16"`` runs the unembedding and
     the frozen later blocks' projections with bf16 operands and fp32 accumulation
     (LayerNorms, attention, softmax, the loss and every sampled weight stay in the model's
-    dtype); ``compile`` fuses the rows' forward/backward with ``torch.compile`` (with the
+    dtype); ``precision="int8"`` is bfloat16 but for the dense unembedding, whose two
+    products are taken as int8 differences from w* (``int8_linear_cross_entropy``: int8
+    operands, int32 accumulation, rounding only what moved; rank-k rows take bf16 head
+    terms); ``compile`` fuses the rows' forward/backward with ``torch.compile`` (with the
     CPU attention kernel where it serves) and the loss's chunk kernels (the CPU softmax
     kernel, or ``torch.compile``)."""
 
@@ -232,7 +247,7 @@ class FrozenTransformer:
         self.model, self.cfg = model, model.cfg
         self.numerics = numerics or Numerics()
         self.params = frozen_state(model)
-        low = self.numerics.precision == "bfloat16"
+        low = self.numerics.precision in ("bfloat16", "int8")
         mm = (lambda t: t.to(torch.bfloat16)) if low else (lambda t: t)
         w = self.params["embed.weight"]
         # the CPU attention kernel is one of the fused kernels ``compile`` asks for
@@ -242,7 +257,7 @@ class FrozenTransformer:
                            cpu_attention)
         self.w_unembed, self.b_unembed = self.params["unembed.weight"], self.params["unembed.bias"]
         self.w_unembed_mm = self.w_unembed  # [V, D]
-        if self.numerics.unembed_precision == "bfloat16":
+        if self.numerics.unembed_precision in ("bfloat16", "int8"):
             self.w_unembed_mm = self.w_unembed.to(torch.bfloat16)
         self.blocks: list[BlockWeights] = []
         for layer in range(self.cfg.n_layers):
@@ -267,21 +282,38 @@ class FrozenTransformer:
             return x, pos
         return x + pos, None
 
-    def ce(self, h: Tensor, tokens: Tensor) -> Tensor:
-        """Per-row mean next-token loss [R] of final hidden states h [R, N, D]."""
+    def ce(self, h: Tensor, tokens: Tensor, ref: Int8Unembedding | None = None) -> Tensor:
+        """Per-row mean next-token loss [R] of final hidden states h [R, N, D]. With the
+        int8 unembedding, ``ref`` is w*'s side (``int8_reference``); without one, h is
+        [1, N, D] at w* and is its own reference."""
         n = self.numerics
+        if n.unembed_precision == "int8":
+            if ref is None:
+                if h.shape[0] != 1:
+                    raise ValueError("the int8 unembedding of several rows needs a reference")
+                ref = self.int8_reference(h[0])
+            return int8_linear_cross_entropy(h, self.w_unembed, self.b_unembed,
+                                             targets_of(tokens), ref, n.chunk)
         return linear_cross_entropy(h, self.w_unembed, self.b_unembed, targets_of(tokens),
                                     n.chunk, precision=n.unembed_precision,
                                     compile=n.compile, weight_mm=self.w_unembed_mm)
 
-    def loss_from(self, layer: int, x: Tensor, tokens: Tensor) -> Tensor:
-        """Mean next-token loss (scalar) of the residual stream ``x`` [B, T, D] entering
-        block ``layer`` (``n_layers``: entering the final LN)."""
+    def int8_reference(self, h_star: Tensor) -> Int8Unembedding:
+        """The int8 unembedding's w* side for final hidden states ``h_star`` [N, D]."""
+        return int8_unembedding(h_star, self.w_unembed, self.b_unembed, self.w_unembed_mm)
+
+    def hidden_from(self, layer: int, x: Tensor, tokens: Tensor) -> Tensor:
+        """Final hidden states [1, B·(T−1), D] (positions that predict a token) of the
+        residual stream ``x`` [B, T, D] entering block ``layer``."""
         pos_qk = self.embed(tokens[:1])[1]
         for weights in self.blocks[layer:]:
             x = block(x, pos_qk, weights, self.shape)
-        h = layer_norm(x[:, :-1], *self.ln_final).reshape(1, -1, self.cfg.d_model)
-        return self.ce(h, tokens)[0]
+        return layer_norm(x[:, :-1], *self.ln_final).reshape(1, -1, self.cfg.d_model)
+
+    def loss_from(self, layer: int, x: Tensor, tokens: Tensor) -> Tensor:
+        """Mean next-token loss (scalar) of the residual stream ``x`` [B, T, D] entering
+        block ``layer`` (``n_layers``: entering the final LN)."""
+        return self.ce(self.hidden_from(layer, x, tokens), tokens)[0]
 
     @torch.no_grad()
     def loss(self, tokens: Tensor) -> Tensor:
@@ -365,8 +397,19 @@ class HeadLayerStep:
     def star_loss(self, pre: LayerPrefix) -> Tensor:
         """L_B(w*) on the prefix's minibatch (scalar), computed once per prefix."""
         if pre.star is None:
-            pre.star = self.fm.loss_from(self.layer + 1, pre.resid_next, pre.tokens)
+            if self.fm.numerics.unembed_precision == "int8":  # the rows' own reference
+                h = self.fm.hidden_from(self.layer + 1, pre.resid_next, pre.tokens)
+                pre.star = self.fm.ce(h, pre.tokens, self.int8_ref(pre))[0]
+            else:
+                pre.star = self.fm.loss_from(self.layer + 1, pre.resid_next, pre.tokens)
         return pre.star
+
+    def int8_ref(self, pre: LayerPrefix) -> Int8Unembedding:
+        """The int8 unembedding's w* side for the prefix's minibatch, once per prefix."""
+        if pre.int8_ref is None:
+            h = self.fm.hidden_from(self.layer + 1, pre.resid_next, pre.tokens)
+            pre.int8_ref = self.fm.int8_reference(h[0])
+        return pre.int8_ref
 
     def pack_star(self) -> Tensor:
         """Each sampled head's w* flattened as ``rows_head_output`` reads it: ``[H, d]``."""
@@ -389,7 +432,8 @@ class HeadLayerStep:
         pos_qk = fm.embed(pre.tokens[:1])[1]
         h = self.hidden(theta, pre.x_qk, pre.x_v, pre.base, pos_qk,
                         tuple(fm.blocks[self.layer + 1 :]), *fm.ln_final, fm.shape)
-        return fm.ce(h, pre.tokens)
+        ref = self.int8_ref(pre) if fm.numerics.unembed_precision == "int8" else None
+        return fm.ce(h, pre.tokens, ref)
 
     def _lowrank_losses(self, theta: Tensor, pre: LayerPrefix) -> Tensor:
         H, k, D = len(self.heads), self.cfg.d_head, self.cfg.d_model
@@ -400,7 +444,8 @@ class HeadLayerStep:
         return lowrank_cross_entropy(
             z_n, mu, sigma, m, pre.resid_next[:, :-1].reshape(-1, D), self.u_prime, self.c,
             pre.zs[:, :, :-1].reshape(H, -1, k), self.ms, targets_of(pre.tokens),
-            LOWRANK_CHUNK, precision=n.precision, compile=n.compile,
+            LOWRANK_CHUNK, precision="bfloat16" if n.precision == "int8" else n.precision,
+            compile=n.compile,
         )
 
     def default_max_rows(self, tokens: Tensor) -> int:

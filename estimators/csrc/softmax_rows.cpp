@@ -169,8 +169,113 @@ std::vector<at::Tensor> softmax_rows(const at::Tensor& xd, const at::Tensor& a,
   return {lse, mean, sum, e, sum_u, sum_c};
 }
 
+// The int8-difference unembedding (rllc.estimators.fused_ce, precision "int8"). Row i of
+// acc [rows, V] (int32, the product of int8 (h − h*) and int8 W) is token t = (t0 + i) mod N:
+//     X_iv = ref_tv + rs_i·cs_v·acc_iv,   lse_i = logsumexp_v X_iv
+// and with need_grad the softmax's difference from the reference's, Δp_iv = softmax_iv − p_tv,
+// is written as int8 round(Δp_iv / ds_i) with ds_i = max_v |Δp_iv| / 127.
+// Returns (lse [rows], dq [rows, V] int8 or empty, ds [rows] or empty).
+std::vector<at::Tensor> delta_softmax_rows(const at::Tensor& acc, const at::Tensor& rs,
+                                           const at::Tensor& cs, const at::Tensor& ref,
+                                           const at::Tensor& p_ref, int64_t t0,
+                                           bool need_grad) {
+  TORCH_CHECK(acc.dim() == 2 && acc.is_contiguous() && acc.scalar_type() == at::kInt,
+              "acc must be a contiguous int32 [rows, V] tensor");
+  const int64_t rows = acc.size(0), V = acc.size(1);
+  TORCH_CHECK(ref.dim() == 2 && ref.size(1) == V && ref.is_contiguous() &&
+                  ref.scalar_type() == at::kFloat,
+              "ref must be a contiguous float32 [N, V] tensor");
+  const int64_t N = ref.size(0);
+  TORCH_CHECK(p_ref.sizes() == ref.sizes() && p_ref.is_contiguous() &&
+                  p_ref.scalar_type() == at::kFloat,
+              "p_ref must be a contiguous float32 tensor shaped like ref");
+  TORCH_CHECK(rs.numel() == rows && rs.is_contiguous() && rs.scalar_type() == at::kFloat,
+              "rs must be a contiguous float32 [rows] tensor");
+  TORCH_CHECK(cs.numel() == V && cs.is_contiguous() && cs.scalar_type() == at::kFloat,
+              "cs must be a contiguous float32 [V] tensor");
+  auto opts = acc.options().dtype(at::kFloat);
+  auto lse = at::empty({rows}, opts);
+  auto dq = at::empty({need_grad ? rows : 0, V}, acc.options().dtype(at::kChar));
+  auto ds = at::empty({need_grad ? rows : 0}, opts);
+  const int32_t* acc_p = acc.data_ptr<int32_t>();
+  const float *rs_p = rs.data_ptr<float>(), *cs_p = cs.data_ptr<float>(),
+              *ref_p = ref.data_ptr<float>(), *pr_p = p_ref.data_ptr<float>();
+  float *lse_p = lse.data_ptr<float>(), *ds_p = need_grad ? ds.data_ptr<float>() : nullptr;
+  int8_t* dq_p = need_grad ? dq.data_ptr<int8_t>() : nullptr;
+  at::parallel_for(0, rows, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> buffer(V);
+    float* x = buffer.data();
+    const int64_t W = Vec::size();
+    const int64_t V_vec = V - V % W;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = (t0 + i) % N;
+      const int32_t* a_row = acc_p + i * V;
+      const float* r_row = ref_p + t * V;
+      const float r = rs_p[i];
+      // pass 1: X and its max
+      const Vec vr(r);
+      Vec vmax(-std::numeric_limits<float>::infinity());
+      int64_t v = 0;
+      for (; v < V_vec; v += W) {
+        const Vec q = at::vec::convert<float>(at::vec::Vectorized<int32_t>::loadu(a_row + v));
+        const Vec x_v = Vec::loadu(r_row + v) + vr * Vec::loadu(cs_p + v) * q;
+        x_v.store(x + v);
+        vmax = at::vec::maximum(vmax, x_v);
+      }
+      float x_max = horizontal_max(vmax);
+      for (; v < V; ++v) {
+        x[v] = r_row[v] + r * cs_p[v] * static_cast<float>(a_row[v]);
+        x_max = (x[v] > x_max || std::isnan(x[v])) ? x[v] : x_max;
+      }
+      // pass 2: e = exp(X − max) in place, Σe
+      const Vec vm(x_max);
+      Vec vs(0.f);
+      for (v = 0; v < V_vec; v += W) {
+        const Vec e = (Vec::loadu(x + v) - vm).exp_u20();
+        e.store(x + v);
+        vs = vs + e;
+      }
+      float s = horizontal_sum(vs);
+      for (; v < V; ++v) {
+        x[v] = std::exp(x[v] - x_max);
+        s += x[v];
+      }
+      lse_p[i] = x_max + std::log(s);
+      if (!need_grad) continue;
+      // pass 3: Δp = e/s − p* in place, max |Δp|; pass 4: int8
+      const float inv_s = 1.f / s;
+      const Vec vinv(inv_s);
+      const float* p_row = pr_p + t * V;
+      Vec vdmax(0.f);
+      for (v = 0; v < V_vec; v += W) {
+        const Vec d = Vec::loadu(x + v) * vinv - Vec::loadu(p_row + v);
+        d.store(x + v);
+        vdmax = at::vec::maximum(vdmax, d.abs());
+      }
+      float d_max = horizontal_max(vdmax);
+      for (; v < V; ++v) {
+        x[v] = x[v] * inv_s - p_row[v];
+        d_max = (std::abs(x[v]) > d_max || std::isnan(x[v])) ? std::abs(x[v]) : d_max;
+      }
+      if (!std::isfinite(s) || std::isnan(d_max)) d_max = std::numeric_limits<float>::quiet_NaN();
+      ds_p[i] = d_max / 127.f;
+      const float k = d_max > 0.f ? 127.f / d_max : 0.f;  // |Δp|·k ≤ 127: no saturation
+      const Vec vk(k);
+      int8_t* q_row = dq_p + i * V;
+      for (v = 0; v < V_vec; v += W) {
+        const auto qi = at::vec::convert<int32_t>((Vec::loadu(x + v) * vk).round());
+        at::vec::convert<int8_t>(qi).store(q_row + v, W);
+      }
+      for (; v < V; ++v) q_row[v] = static_cast<int8_t>(std::nearbyint(x[v] * k));
+    }
+  });
+  return {lse, dq, ds};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_rows", &softmax_rows, "softmax statistics of logit rows (see the file header)");
+  m.def("delta_softmax_rows", &delta_softmax_rows,
+        "int8-difference unembedding rows (see delta_softmax_rows's comment)");
 }

@@ -179,3 +179,27 @@ def test_causal_attention_refuses_what_it_is_not_built_for():
     q = torch.zeros(1, 1, 4, 8)
     with pytest.raises(RuntimeError, match="head size must be 16, 32 or 64"):
         cpu_kernels.causal_attention(q, q, q)
+
+
+def test_delta_softmax_rows_equal_torch():
+    """Rows wrap around the reference tokens from t0; Δp comes back within half an int8
+    step; a NaN row stays NaN (its gradient scale too)."""
+    g = torch.Generator().manual_seed(3)
+    rows, N, V, t0 = 9, 4, 1005, 3
+    acc = torch.randint(-2000, 2000, (rows, V), generator=g, dtype=torch.int32)
+    rs, cs = torch.rand(rows, generator=g) * 1e-3, torch.rand(V, generator=g) * 1e-2
+    ref = torch.randn(N, V, generator=g) * 3
+    p_ref = ref.softmax(1)
+    acc[5, 7] = 2**31 - 1
+    rs[5] = float("nan")
+    lse, dq, ds = cpu_kernels.delta_softmax_rows(acc, rs, cs, ref, p_ref, t0, True)
+    t = (t0 + torch.arange(rows)) % N
+    x = ref.double()[t] + rs.double()[:, None] * cs.double() * acc.double()
+    want = x.logsumexp(1)
+    dp = (x - want[:, None]).exp() - p_ref.double()[t]
+    ok = torch.arange(rows) != 5
+    torch.testing.assert_close(lse[ok].double(), want[ok], rtol=1e-5, atol=1e-5)
+    assert torch.isnan(lse[5]) and torch.isnan(ds[5])
+    back = dq[ok].double() * ds[ok].double()[:, None]
+    assert ((back - dp[ok]).abs() <= ds[ok].double()[:, None] / 2 + 1e-6).all()
+    assert cpu_kernels.delta_softmax_rows(acc, rs, cs, ref, p_ref, t0, False)[1] is None

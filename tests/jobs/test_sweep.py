@@ -253,7 +253,7 @@ def test_cli_estimate_model(run_dir):
     low = json.loads(res.stdout.strip().splitlines()[-1])
     assert low["precision"] == "bfloat16" and np.isfinite(low["llc_mean"])
     res = runner.invoke(app, [*args, "--precision", "fp16"])
-    assert res.exit_code == 2 and "--precision must be float32 or bfloat16" in res.stderr
+    assert res.exit_code == 2 and "--precision must be float32, bfloat16 or int8" in res.stderr
 
 
 # ---- 2 and 4. a local Ray runtime: complete, resume, failures, S3 ------------------------

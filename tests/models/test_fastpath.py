@@ -137,6 +137,19 @@ def test_bfloat16_rank_k_rows_measure_w_star_as_they_measure_themselves():
     assert asked == [("bfloat16", "bfloat16"), ("bfloat16", "float32")]
 
 
+def test_int8_rows_at_w_star_lose_exactly_l_b_of_w_star():
+    """The int8 unembedding's reference is w* on the same minibatch: at w* a row's loss is
+    L_B(w*) (δ = 0), and L_n(w*) is the int8 path's own."""
+    model, tokens = make(dtype=torch.float32)
+    step = HeadLayerStep(model, 0, [0, 2], Numerics(precision="int8"))
+    _, loss, star = step(step.pack_star().repeat_interleave(2, 0), step.prefix(tokens[:8]),
+                         need_star=True)
+    torch.testing.assert_close(loss, star, rtol=1e-6, atol=0)
+    res = sample_heads(model, tokens, ["0:1"], config(), precision="int8")
+    assert res["0:1"].init_loss == frozen_data_loss(model, tokens, config(), "int8")
+    assert res["0:1"].extra["precision"] == "int8"
+
+
 def test_float32_fast_path_stays_close_to_general_path():
     model, tokens = make(dtype=torch.float32)
     cfg = config(draws=20)
@@ -220,21 +233,23 @@ def trained_tiny() -> tuple[AttentionOnlyTransformer, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_bfloat16_estimates_agree_with_float32():
-    """bf16 matmuls are worth offering only if the estimates stay within their standard
-    error of the fp32 ones. Same seeds, so both runs share batches and noise."""
+def test_bfloat16_and_int8_estimates_agree_with_float32():
+    """bf16 (and int8-difference) matmuls are worth offering only if the estimates stay
+    within their standard error of the fp32 ones. Same seeds, so the runs share batches
+    and noise."""
     model, tokens = trained_tiny()
     cfg = SGLDConfig(step_size=1e-3, localization=100.0, nbeta=30.0, chains=4, draws=150,
                      batch_size=32)
     exact = sample_heads(model, tokens, ["0:*", "1:*"], cfg)
     low = sample_heads(model, tokens, ["0:*", "1:*"], cfg, precision="bfloat16")
     low_rank_k = sample_heads(model, tokens, ["1:*"], cfg, precision="bfloat16", lowrank=True)
+    int8 = sample_heads(model, tokens, ["0:*", "1:*"], cfg, precision="int8")
     for head, res in exact.items():
         a = res.llc()
         assert a.llc_mean > 1.0  # a real signal, not noise around zero
-        for other in (low, low_rank_k):
+        for other, name in ((low, "bfloat16"), (low_rank_k, "bfloat16"), (int8, "int8")):
             if head in other:
                 b = other[head].llc()
                 assert abs(a.llc_mean - b.llc_mean) <= a.llc_stderr, (head, a.llc_mean,
                                                                        b.llc_mean)
-                assert other[head].extra["precision"] == "bfloat16"
+                assert other[head].extra["precision"] == name
