@@ -261,6 +261,10 @@ def _numerics(model: nn.Module, precision: str, compile: bool | None,
     if compile is None:
         compile = vocab >= 2048 and compile_available()
     device = next(model.parameters()).device
+    if precision == "int8" and device.type != "cpu":
+        # torch._int_mm on CUDA wants multiples of 8 and 16 rows; untested there so far
+        raise ValueError(f"precision 'int8' runs on the CPU only, the model is on {device}; "
+                         "use 'bfloat16'")
     chunk = chunk_size or default_chunk(vocab, bool(compile), device)
     return Numerics(precision=precision, compile=bool(compile), chunk=int(chunk))
 

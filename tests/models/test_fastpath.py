@@ -206,6 +206,8 @@ def test_bad_inputs():
         sample_heads(model, tokens.double(), ["0:0"], config())
     with pytest.raises(ValueError, match="precision"):
         sample_heads(model, tokens, ["0:0"], config(), precision="float16")
+    with pytest.raises(ValueError, match="CPU only"):  # not yet tried on CUDA
+        frozen_data_loss(make()[0].to("meta"), tokens, config(), "int8")
 
 
 def trained_tiny() -> tuple[AttentionOnlyTransformer, torch.Tensor]:
