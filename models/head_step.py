@@ -398,8 +398,8 @@ class HeadLayerStep:
         """L_B(w*) on the prefix's minibatch (scalar), computed once per prefix."""
         if pre.star is None:
             if self.fm.numerics.unembed_precision == "int8":  # the rows' own reference
-                h = self.fm.hidden_from(self.layer + 1, pre.resid_next, pre.tokens)
-                pre.star = self.fm.ce(h, pre.tokens, self.int8_ref(pre))[0]
+                ref = self.int8_ref(pre)
+                pre.star = self.fm.ce(ref.h[None], pre.tokens, ref)[0]
             else:
                 pre.star = self.fm.loss_from(self.layer + 1, pre.resid_next, pre.tokens)
         return pre.star
