@@ -27,8 +27,9 @@ written as differences from w*, zs_h·(M_r − Ms_h) + (z_r − zs_h)·M_r, so b
 round only what moved. The per-row matmuls are 2k-wide instead of D-wide (FASTPATH §1);
 only z, M, μ, σ carry gradients.
 
-``int8_linear_cross_entropy`` is the first loss taken as a difference from a reference
-point h* (w*'s hidden states on the same tokens: SGLD rows stay near w*):
+``int8_linear_cross_entropy`` is the first loss (``linear_cross_entropy``) taken as a
+difference from a reference point h* (w*'s hidden states on the same tokens; SGLD rows
+stay near w*):
 
     z_r = z* + δ_r·Wᵀ,   δ_r = h_r − h*
     Σ_v softmax_rv·W_v = g* + Δp_r·W,   Δp_r = softmax(z_r) − p*
@@ -188,22 +189,34 @@ class _LinearCrossEntropy(Function):
             lse[s:e] = lc[: e - s]
             if need:
                 grad[s:e] = gc[: e - s]
-        # target terms once for all rows: ℓ = lse − h·W_y − b_y, ∂ℓ/∂h = softmax·W − W_y
-        w_y = weight[targets]  # [N, D] or [R, N, D]
-        loss = lse.view(R, N) - (h * w_y).sum(-1)
-        if bias is not None:
-            loss -= bias[targets]
-        if need:
-            grad = grad.view(R, N, D)
-            grad -= w_y
-        ctx.save_for_backward(grad)
-        return loss.mean(dim=1)
+        return _target_terms(ctx, lse, h, weight, bias, targets, grad)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (grad,) = ctx.saved_tensors
-        g = grad * (grad_out / grad.shape[1])[:, None, None].to(grad.dtype)
-        return g, None, None, None, None, None, None
+        return _saved_grad(ctx, grad_out), *([None] * 6)
+
+
+def _target_terms(ctx, lse: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None,
+                  targets: Tensor, grad: Tensor | None) -> Tensor:
+    """The target terms, once for all rows: ℓ = lse − h·W_y − b_y and ∂ℓ/∂h = softmax·W −
+    W_y from lse [R·N] and ``grad`` = softmax·W [R·N, D] (None without gradients); saves
+    ∂ℓ/∂h and returns the per-row mean loss [R]."""
+    R, N, D = h.shape
+    w_y = weight[targets]  # [N, D] or [R, N, D]
+    loss = lse.view(R, N) - (h * w_y).sum(-1)
+    if bias is not None:
+        loss -= bias[targets]
+    if grad is not None:
+        grad = grad.view(R, N, D)
+        grad -= w_y
+    ctx.save_for_backward(grad)
+    return loss.mean(dim=1)
+
+
+def _saved_grad(ctx, grad_out: Tensor) -> Tensor:
+    """``_target_terms``'s ∂ℓ/∂h [R, N, D] times the incoming ∂/∂L_r, over N (the mean)."""
+    (grad,) = ctx.saved_tensors
+    return grad * (grad_out / grad.shape[1])[:, None, None].to(grad.dtype)
 
 
 def linear_cross_entropy(
@@ -320,21 +333,11 @@ class _Int8LinearCrossEntropy(Function):
             lse[s:e] = lc
             if need:
                 grad[s:e] = gc
-        w_y = weight[targets]  # [N, D]
-        loss = lse.view(R, N) - (h * w_y).sum(-1)
-        if bias is not None:
-            loss -= bias[targets]
-        if need:
-            grad = grad.view(R, N, D)
-            grad -= w_y
-        ctx.save_for_backward(grad)
-        return loss.mean(dim=1)
+        return _target_terms(ctx, lse, h, weight, bias, targets, grad)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (grad,) = ctx.saved_tensors
-        g = grad * (grad_out / grad.shape[1])[:, None, None].to(grad.dtype)
-        return g, None, None, None, None, None
+        return _saved_grad(ctx, grad_out), *([None] * 5)
 
 
 def int8_linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
