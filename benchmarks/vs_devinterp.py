@@ -382,10 +382,10 @@ def main() -> None:
                         "or 'all'")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed repeats")
     parser.add_argument("--precision", choices=["int8", "bfloat16", "float32"],
-                        default="int8",
-                        help="rllc's matmul precision (int8: bfloat16, with layer-0 rows' "
-                        "unembedding as int8 differences from w*; bfloat16: bf16 operands, "
-                        "fp32 accumulation; float32: exact)")
+                        help="rllc's matmul precision (int8, the default on a CPU: "
+                        "bfloat16, with layer-0 rows' unembedding as int8 differences from "
+                        "w*; bfloat16, the default elsewhere: bf16 operands, fp32 "
+                        "accumulation; float32: exact)")
     parser.add_argument("--train-steps", type=int, default=400,
                         help="AdamW steps before sampling (0: random init)")
     parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
@@ -403,6 +403,8 @@ def main() -> None:
                         help="where both sides sample (default: cuda when available)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.precision is None:  # int8 is CPU-only (rllc.models.fastpath)
+        args.precision = "int8" if args.device == "cpu" else "bfloat16"
 
     ensure_bench_extra(not args.no_install)
     all_heads = PAPER.head_ids
@@ -414,7 +416,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     log(f"{threads} threads; measuring matmul peaks")
     peaks = {p: matmul_peak(getattr(torch, p), args.device)
-             for p in ("float32", "bfloat16", "int8")}
+             for p in ("float32", "bfloat16", "int8")}  # int8: torch._int_mm
 
     model = trained_model(args.train_steps)
     tokens = synthetic_tokens(args.samples, seed=2)
