@@ -175,25 +175,38 @@ class _LinearCrossEntropy(Function):
         h = h.detach()
         # [D, V] row-major for h·Wᵀ: a transposed view is read ≈ 5% slower (bf16, CPU)
         w_t = w_mm.t().contiguous()
-        flat_h = h.reshape(R * N, D)  # kernels see plain tensors (one specialisation)
-        total = R * N
-        chunk = min(chunk, total)
-        lse = h.new_empty(total)
-        grad = torch.empty_like(flat_h) if need else None
-        for s in range(0, total, chunk):
-            e = min(s + chunk, total)
-            hc = flat_h[s:e]
-            if static and e - s < chunk:  # pad the last chunk: one static shape per run
-                hc = torch.cat([hc, hc.new_zeros(chunk - (e - s), D)])
+        chunk = min(chunk, R * N)
+
+        def run(hc: Tensor, s: int) -> tuple[Tensor, Tensor | None]:
+            n = hc.shape[0]
+            if static and n < chunk:  # pad the last chunk: one static shape per run
+                hc = torch.cat([hc, hc.new_zeros(chunk - n, D)])
             lc, gc = kernel(hc, w_mm, w_t, bias)
-            lse[s:e] = lc[: e - s]
-            if need:
-                grad[s:e] = gc[: e - s]
+            return lc[:n], None if gc is None else gc[:n]
+
+        lse, grad = _chunked_rows(h, chunk, need, run)
         return _target_terms(ctx, lse, h, weight, bias, targets, grad)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         return _saved_grad(ctx, grad_out), *([None] * 6)
+
+
+def _chunked_rows(h: Tensor, chunk: int, need_grad: bool,
+                  run) -> tuple[Tensor, Tensor | None]:
+    """lse [R·N] and softmax·W [R·N, D] (None without ``need_grad``) of h [R, N, D], flat
+    token rows taken ``chunk`` at a time by ``run(h_chunk [c, D], first_row)``."""
+    flat_h = h.reshape(-1, h.shape[-1])  # kernels see plain tensors (one specialisation)
+    total = flat_h.shape[0]
+    lse = h.new_empty(total)
+    grad = torch.empty_like(flat_h) if need_grad else None
+    for s in range(0, total, chunk):
+        e = min(s + chunk, total)
+        lc, gc = run(flat_h[s:e], s)
+        lse[s:e] = lc
+        if need_grad:
+            grad[s:e] = gc
+    return lse, grad
 
 
 def _target_terms(ctx, lse: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None,
@@ -250,14 +263,23 @@ def linear_cross_entropy(
     )
 
 
-class Int8Unembedding(NamedTuple):
-    """The frozen side of ``int8_linear_cross_entropy``: the unembedding in int8 (twice,
-    scaled along each product's reduction dim) and the reference point's N tokens."""
+class Int8Weights(NamedTuple):
+    """The unembedding as ``int8_linear_cross_entropy`` multiplies it: in int8 twice,
+    scaled along each product's reduction dim, and in bf16 for the reference's products."""
 
     w_q: Tensor  # [V, D] int8, w ≈ w_q·w_scale[:, None] (for δ·Wᵀ, a sum over D)
     w_scale: Tensor  # [V]
     wt_q: Tensor  # [V, D] int8, w ≈ wt_q·wt_scale[None] (for Δp·W, a sum over V)
     wt_scale: Tensor  # [D]
+    w_bf: Tensor  # [V, D] bf16
+    w_bf_t: Tensor  # [D, V] bf16, row-major (for h*·Wᵀ)
+
+
+class Int8Unembedding(NamedTuple):
+    """The frozen side of ``int8_linear_cross_entropy``: the weights and the reference
+    point's N tokens."""
+
+    weights: Int8Weights
     h: Tensor  # [N, D] reference hidden states (w*)
     logits: Tensor  # [N, V] their logits, bf16 operands with fp32 accumulation, + b
     p: Tensor  # [N, V] softmax(logits)
@@ -272,21 +294,24 @@ def quantize_int8(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return q, scale.squeeze(dim)
 
 
-def int8_unembedding(h_ref: Tensor, weight: Tensor, bias: Tensor | None,
-                     weight_bf16: Tensor | None = None) -> Int8Unembedding:
-    """``Int8Unembedding`` of the reference hidden states ``h_ref`` [N, D] (pass
-    ``weight_bf16``, the weight already cast, to avoid casting it per call)."""
+def int8_weights(weight: Tensor) -> Int8Weights:
+    """``Int8Weights`` of the unembedding ``weight`` [V, D] (once per model: every
+    minibatch's reference shares them)."""
     weight = weight.detach()
-    w_bf = weight.to(torch.bfloat16) if weight_bf16 is None else weight_bf16
-    w_q, w_scale = quantize_int8(weight, 1)
-    wt_q, wt_scale = quantize_int8(weight, 0)
+    w_bf = weight.to(torch.bfloat16)
+    return Int8Weights(*quantize_int8(weight, 1), *quantize_int8(weight, 0), w_bf,
+                       w_bf.t().contiguous())
+
+
+def int8_unembedding(h_ref: Tensor, weights: Int8Weights, bias: Tensor | None) -> Int8Unembedding:
+    """``Int8Unembedding`` of the reference hidden states ``h_ref`` [N, D]."""
     h_ref = h_ref.detach()
-    logits = (h_ref.to(torch.bfloat16) @ w_bf.t().contiguous()).to(weight.dtype)
+    logits = (h_ref.to(torch.bfloat16) @ weights.w_bf_t).to(h_ref.dtype)
     if bias is not None:
         logits = logits + bias.detach()
     p = logits.softmax(dim=1)
-    g = (p.to(torch.bfloat16) @ w_bf).to(weight.dtype)
-    return Int8Unembedding(w_q, w_scale, wt_q, wt_scale, h_ref, logits.contiguous(), p, g)
+    g = (p.to(torch.bfloat16) @ weights.w_bf).to(h_ref.dtype)
+    return Int8Unembedding(weights, h_ref, logits.contiguous(), p, g)
 
 
 def _int8_chunk(hc: Tensor, t0: int, ref: Int8Unembedding,
@@ -298,21 +323,21 @@ def _int8_chunk(hc: Tensor, t0: int, ref: Int8Unembedding,
         Σ_v softmax_v·W_v = g* + Δp·W,  Δp = softmax − p*: int8 Δp (per-token) × int8 W (per-d)
 
     Returns (lse [c], softmax·W [c, D] or None)."""
-    N = ref.h.shape[0]
+    N, w = ref.h.shape[0], ref.weights
     t = (t0 + torch.arange(hc.shape[0], device=hc.device)) % N
     q, rs = quantize_int8(hc - ref.h[t], 1)
-    acc = torch._int_mm(q, ref.w_q.t())  # [c, V] int32
+    acc = torch._int_mm(q, w.w_q.t())  # [c, V] int32
     if cpu_kernels.usable(hc):
-        lse, dq, ds = cpu_kernels.delta_softmax_rows(acc, rs, ref.w_scale, ref.logits, ref.p,
+        lse, dq, ds = cpu_kernels.delta_softmax_rows(acc, rs, w.w_scale, ref.logits, ref.p,
                                                      t0 % N, need_grad)
     else:
-        z = ref.logits[t] + rs[:, None] * ref.w_scale * acc.to(hc.dtype)
+        z = ref.logits[t] + rs[:, None] * w.w_scale * acc.to(hc.dtype)
         lse = z.logsumexp(1)
         dq, ds = quantize_int8((z - lse[:, None]).exp() - ref.p[t], 1) if need_grad else (None,
                                                                                          None)
     if not need_grad:
         return lse, None
-    g = torch._int_mm(dq, ref.wt_q).to(hc.dtype) * (ds[:, None] * ref.wt_scale) + ref.g[t]
+    g = torch._int_mm(dq, w.wt_q).to(hc.dtype) * (ds[:, None] * w.wt_scale) + ref.g[t]
     return lse, g
 
 
@@ -320,19 +345,10 @@ class _Int8LinearCrossEntropy(Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
                 ref: Int8Unembedding, chunk: int) -> Tensor:
-        R, N, D = h.shape
         need = bool(ctx.needs_input_grad[0])
         h = h.detach()
-        flat_h = h.reshape(R * N, D)
-        total = R * N
-        lse = h.new_empty(total)
-        grad = torch.empty_like(flat_h) if need else None
-        for s in range(0, total, chunk):
-            e = min(s + chunk, total)
-            lc, gc = _int8_chunk(flat_h[s:e], s, ref, need)
-            lse[s:e] = lc
-            if need:
-                grad[s:e] = gc
+        lse, grad = _chunked_rows(h, chunk, need,
+                                  lambda hc, s: _int8_chunk(hc, s, ref, need))
         return _target_terms(ctx, lse, h, weight, bias, targets, grad)
 
     @staticmethod
@@ -414,8 +430,8 @@ class _LowRankCrossEntropy(Function):
         # target logits X_y in the model's dtype: [R, N]
         a_y = (resid_star * u_prime.t()[y]).sum(-1)  # [N]
         head_y = (zs_r * ms_r[:, :, y].transpose(1, 2)).sum(-1)  # [R, N]
-        x_y = (a_y - head_y + (z * m[:, :, y].transpose(1, 2)).sum(-1) - mu * u[y]
-               + sigma * c[y])
+        m_y = m[:, :, y].transpose(1, 2)  # [R, N, k]: M's target columns
+        x_y = a_y - head_y + (z * m_y).sum(-1) - mu * u[y] + sigma * c[y]
         kernel, static = _fused_kernel(compile, _lowrank_chunk_cpu, _lowrank_chunk, z, m_cat)
         loss = z.new_empty(R, N)
         d_inv = z.new_empty(R, N)
@@ -449,7 +465,7 @@ class _LowRankCrossEntropy(Function):
                 d_m_t += torch.bmm(e_t, z_scaled)
         inv = 1.0 / sigma
         # one-hot parts: ∂ℓ/∂X_v has −onehot(y)/σ besides softmax/σ
-        m_t_y = torch.cat([m[:, :, y].transpose(1, 2), u[y, None].expand(R, N, 1),
+        m_t_y = torch.cat([m_y, u[y, None].expand(R, N, 1),
                            c[y, None].expand(R, N, 1)], dim=-1)  # [R, N, k+2]
         d_t -= inv[..., None] * m_t_y
         d_m_t.index_add_(1, y, -(z * inv[..., None]))

@@ -36,6 +36,7 @@ attention at the paper's T = 256, d_head = 32 (layer-0 row-steps of the paper-sh
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -46,8 +47,10 @@ from rllc.estimators import cpu_kernels
 from rllc.estimators.fused_ce import (
     DEFAULT_CHUNK,
     Int8Unembedding,
+    Int8Weights,
     int8_linear_cross_entropy,
     int8_unembedding,
+    int8_weights,
     linear_cross_entropy,
     lowrank_cross_entropy,
 )
@@ -257,7 +260,7 @@ class FrozenTransformer:
                            cpu_attention)
         self.w_unembed, self.b_unembed = self.params["unembed.weight"], self.params["unembed.bias"]
         self.w_unembed_mm = self.w_unembed  # [V, D]
-        if self.numerics.unembed_precision in ("bfloat16", "int8"):
+        if self.numerics.unembed_precision == "bfloat16":
             self.w_unembed_mm = self.w_unembed.to(torch.bfloat16)
         self.blocks: list[BlockWeights] = []
         for layer in range(self.cfg.n_layers):
@@ -298,9 +301,14 @@ class FrozenTransformer:
                                     n.chunk, precision=n.unembed_precision,
                                     compile=n.compile, weight_mm=self.w_unembed_mm)
 
+    @functools.cached_property
+    def int8_weights(self) -> Int8Weights:
+        """The unembedding as the int8 loss multiplies it (computed on first use)."""
+        return int8_weights(self.w_unembed)
+
     def int8_reference(self, h_star: Tensor) -> Int8Unembedding:
         """The int8 unembedding's w* side for final hidden states ``h_star`` [N, D]."""
-        return int8_unembedding(h_star, self.w_unembed, self.b_unembed, self.w_unembed_mm)
+        return int8_unembedding(h_star, self.int8_weights, self.b_unembed)
 
     def hidden_from(self, layer: int, x: Tensor, tokens: Tensor) -> Tensor:
         """Final hidden states [1, B·(T−1), D] (positions that predict a token) of the

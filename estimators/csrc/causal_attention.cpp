@@ -164,7 +164,7 @@ void load_pair(const Heads& src, int64_t b, int64_t h, int64_t T, float scale, f
     for (int64_t d = 0; d < D; ++d) dst_t[d * ld_t + t] = dst[t * D + d];
 }
 
-// Masks block row r (query i) to keys j ≤ i and returns its max: s[j] = −inf for i < j < ncols.
+// Masks a block row (query i) to keys j ≤ i: s[j] = −inf for i < j < ncols.
 inline void mask_row(float* s_row, int64_t i, int64_t ncols) {
   for (int64_t j = i + 1; j < ncols; ++j) s_row[j] = NEG_INF;
 }

@@ -8,6 +8,7 @@ from rllc.estimators import cpu_kernels
 from rllc.estimators.fused_ce import (
     int8_linear_cross_entropy,
     int8_unembedding,
+    int8_weights,
     linear_cross_entropy,
     lowrank_cross_entropy,
     quantize_int8,
@@ -225,7 +226,7 @@ def test_int8_loss_at_the_reference_is_the_bfloat16_loss():
     """At h = h* the δ product is zero: the loss is the reference's, whose logits take bf16
     operands like ``precision="bfloat16"``."""
     w, b, h_ref, y, _ = int8_problem()
-    ref = int8_unembedding(h_ref, w, b)
+    ref = int8_unembedding(h_ref, int8_weights(w), b)
     at_ref = int8_linear_cross_entropy(h_ref.expand(3, -1, -1), w, b, y, ref, chunk=128)
     bf16 = linear_cross_entropy(h_ref[None], w, b, y, 128, precision="bfloat16")
     torch.testing.assert_close(at_ref, bf16.expand(3), rtol=1e-6, atol=0)
@@ -238,7 +239,7 @@ def test_int8_differences_from_the_reference_are_closer_to_exact_than_bfloat16(s
     which rounds h itself (relative errors of the largest difference, measured: 1.6e-2
     against 0.36 at scale 1e-2, 5.2e-3 against 1.6e-2 at 1e-1)."""
     w, b, h_ref, y, moves = int8_problem()
-    ref = int8_unembedding(h_ref, w, b)
+    ref = int8_unembedding(h_ref, int8_weights(w), b)
     h = h_ref + scale * moves
 
     def diff(prec):
@@ -258,7 +259,7 @@ def test_int8_differences_from_the_reference_are_closer_to_exact_than_bfloat16(s
 
 def test_int8_gradients_stay_close_and_the_cpu_kernel_equals_torch(monkeypatch):
     w, b, h_ref, y, moves = int8_problem()
-    ref = int8_unembedding(h_ref, w, b)
+    ref = int8_unembedding(h_ref, int8_weights(w), b)
     h = (h_ref + 1e-2 * moves).requires_grad_(True)
     weights = torch.rand(h.shape[0], generator=torch.Generator().manual_seed(2))
 
@@ -281,7 +282,7 @@ def test_int8_gradients_stay_close_and_the_cpu_kernel_equals_torch(monkeypatch):
 
 def test_int8_loss_refuses_a_reference_of_other_tokens():
     w, b, h_ref, y, moves = int8_problem(N=20, V=50)
-    ref = int8_unembedding(h_ref, w, b)
+    ref = int8_unembedding(h_ref, int8_weights(w), b)
     with pytest.raises(ValueError, match="reference"):
         int8_linear_cross_entropy(moves[:, :10], w, b, y[:10], ref)
     with pytest.raises(ValueError, match="targets"):
