@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from rllc.estimators import SGLDConfig, summarize
-from rllc.estimators.cputune import tune_cpu
+from rllc.kernels.cputune import tune_cpu
 from rllc.models import AttentionOnlyTransformer, TransformerConfig, lm_loss
 from rllc.models.fastpath import sample_heads
 
@@ -398,7 +398,7 @@ def main() -> None:
                         "default, whose standard errors understate the truth)")
     parser.add_argument("--devinterp-tuned", action="store_true",
                         help="give devinterp's process rllc's CPU tuning too (freed memory "
-                        "kept, denormals flushed: rllc.estimators.cputune)")
+                        "kept, denormals flushed: rllc.kernels.cputune)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where both sides sample (default: cuda when available)")
     parser.add_argument("--json", action="store_true")

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from rllc.estimators import SGLDConfig
+from rllc.kernels.precision import HELP as PRECISION_HELP
+from rllc.kernels.precision import Precision
 
 from .common import (
     BatchSize,
@@ -112,12 +114,9 @@ def model(
                                  "torch's; 1 is fastest on a busy shared machine).")
     ] = None,
     precision: Annotated[
-        str, typer.Option("--precision", help="A head's matmul precision: float32 (exact), "
-                          "bfloat16 (bf16 operands, fp32 accumulation; faster on GPUs "
-                          "and CPUs with bf16 units) or int8 (bfloat16, with the "
-                          "unembedding of heads below the last layer as int8 differences "
-                          "from w*: faster on CPUs with int8 dot products).")
-    ] = "float32",
+        Precision, typer.Option("--precision", help=f"A head's matmul precision: "
+                                f"{PRECISION_HELP}.")
+    ] = Precision.FLOAT32,
     step_size: StepSize = None,
     localization: Localization = None,
     nbeta: NBeta = None,
@@ -148,8 +147,6 @@ def model(
         draws=draws, burnin=burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
         preconditioner=preconditioner, seed=seed,
     ))
-    if precision not in ("float32", "bfloat16", "int8"):
-        raise UsageError(f"--precision must be float32, bfloat16 or int8, got {precision!r}")
     try:
         check_dataset(dataset)
         target = expand_checkpoints([checkpoint])[-1]
@@ -171,7 +168,7 @@ def model(
         "diverged_chains": est.diverged_chains, "seconds": time.perf_counter() - start,
         "sampling_seconds": result.seconds, "num_weights": result.num_weights,
         "nbeta": result.nbeta, "init_loss": result.init_loss,
-        "path": result.extra.get("path"), "precision": result.extra.get("precision", "float32"),
+        "path": result.extra.get("path"), "precision": result.extra.get("precision", Precision.FLOAT32),
         "mala_acceptance": _finite_mean(result.mala_acceptance[:, config.burnin:]),
     }
     emit(out, as_json, _model_text)

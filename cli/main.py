@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -32,8 +33,29 @@ def _root(
     common.DEBUG["on"] = debug
 
 
+#: click's UsageError (bad flags and values), as Typer raises it; Typer exports only its
+#: subclass BadParameter.
+_CLICK_USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
+
+
 def main() -> None:
-    app()
+    """Run the app; a bad flag or value exits 2 with one line on stderr naming it (the
+    CLI's convention for every error of input), not click's usage box."""
+    try:
+        code = app(standalone_mode=False)
+    except _CLICK_USAGE_ERROR as err:
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())  # a bare group: its help, as click would show it
+            code = 0
+        else:
+            message = err.format_message().splitlines() or ["bad usage"]
+            print(f"error: {message[0]}", file=sys.stderr)
+            code = 2
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

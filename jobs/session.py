@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from rllc.data.datasets import load_dataset
-from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
-from rllc.estimators.sampler import frozen_state
+from rllc.estimators import SamplingResult, SGLDConfig, frozen_state, full_data_loss, sample
+from rllc.kernels.precision import Precision, parse_precision
 from rllc.models.checkpoint import load_checkpoint
 from rllc.models.components import component_selection, parse_component
 from rllc.models.fastpath import (
@@ -83,8 +83,9 @@ class CheckpointSession:
             self._datasets[name] = tokens.to(self.device)
         return self._datasets[name]
 
-    def init_loss(self, name: str, config: SGLDConfig, precision: str = "float32",
-                  unembed_precision: str | None = None) -> float:
+    def init_loss(self, name: str, config: SGLDConfig,
+                  precision: Precision = Precision.FLOAT32,
+                  unembed_precision: Precision | None = None) -> float:
         """L_n(w*) on dataset ``name``, computed once per distinct input of
         ``full_data_loss`` (the seed only matters when it subsamples batches). In
         ``bfloat16`` it is the head fast path's frozen forward in that precision, with the
@@ -92,15 +93,16 @@ class CheckpointSession:
         last-layer heads use float32), so that λ̂'s difference E[L] − L(w*) compares like
         with like (models the fast path does not take are sampled, and so measured, in
         float32)."""
-        unembed_precision = unembed_precision or precision
+        precision = parse_precision(precision)
+        unembed_precision = parse_precision(unembed_precision or precision)
         if fast_path_reason(self.model) is not None:
-            precision = unembed_precision = "float32"
+            precision = unembed_precision = Precision.FLOAT32
         sub = config.init_loss_batches
         key = (name, config.batch_size, sub, config.seed if sub is not None else None,
                precision, unembed_precision)
         if key not in self._init_loss:
             tokens = self.dataset(name)
-            if precision == unembed_precision == "float32":
+            if precision == unembed_precision == Precision.FLOAT32:
                 loss = full_data_loss(self.objective, frozen_state(self.model), (tokens,),
                                       config)
             else:

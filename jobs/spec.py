@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rllc.data.datasets import DATASETS
 from rllc.data.user import is_uri
 from rllc.estimators import SelectionError, SGLDConfig
+from rllc.kernels.precision import HELP as PRECISION_HELP
+from rllc.kernels.precision import Precision
 from rllc.models.components import parse_component
 from rllc.store import DEFAULT_STORE
 from rllc.store.layout import validate_id
@@ -66,14 +68,10 @@ class ComputeOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    precision: Literal["float32", "bfloat16", "int8"] = Field(
-        "float32",
-        description="Head cells' matmul precision: float32 (exact), bfloat16 operands "
-        "with fp32 accumulation for the unembedding and frozen later blocks (faster on "
-        "GPUs and AMX CPUs; L_n(w*) is then taken in the same precision), or int8: "
-        "bfloat16 with the unembedding of heads below the last layer taken as int8 "
-        "differences from w* (twice the bf16 rate on CPUs with VNNI; closer to float32 "
-        "than bfloat16 in L(w) − L(w*)).",
+    precision: Precision = Field(
+        Precision.FLOAT32,
+        description=f"Head cells' matmul precision ({PRECISION_HELP}). L_n(w*) is taken "
+        "in the same numerics; recorded with the sweep, so a resume runs as it started.",
     )
     batch_heads: bool = Field(
         True,

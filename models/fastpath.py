@@ -34,14 +34,22 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from rllc.estimators import SamplingResult, SGLDConfig, full_data_loss, sample
-from rllc.estimators.cputune import tune_cpu
-from rllc.estimators.fused_ce import compile_available, default_chunk
-from rllc.estimators.sampler import MinibatchStream, frozen_state, noise_seed, run_sgld
+from rllc.estimators import (
+    MinibatchStream,
+    SamplingResult,
+    SGLDConfig,
+    frozen_state,
+    full_data_loss,
+    noise_seed,
+    run_sgld,
+    sample,
+)
+from rllc.kernels.cputune import tune_cpu
+from rllc.kernels.fused_ce import compile_available, default_chunk
+from rllc.kernels.precision import Precision, check_device, parse_precision
 
 from .components import component_selection, expand_components, parse_component
 from .head_step import (
-    HEAD_PRECISIONS,
     FrozenTransformer,
     HeadLayerStep,
     LayerPrefix,
@@ -81,7 +89,7 @@ def sample_heads(
     init_loss: float | Callable[[str, str], float] | None = None,
     num_samples: int | None = None,
     fast: bool | None = None,
-    precision: str = "float32",
+    precision: str | Precision = Precision.FLOAT32,
     compile: bool | None = None,
     chunk_size: int | None = None,
     max_rows: int | None = None,
@@ -105,17 +113,11 @@ def sample_heads(
         num_samples: n of L_n if not the rows of ``data``.
         fast: None = fast path where it applies; True = require it (``FastPathError``
             otherwise); False = always the general path.
-        precision: "float32" (exact: the traces equal the general path's) or "bfloat16"
-            (the unembedding and the frozen later blocks' projections take bf16 operands
-            with fp32 accumulation, several times faster on CPUs with AMX and on GPUs;
-            sampled weights, LayerNorms, attention and the loss stay fp32; L_n(w*) and
-            L_B(w*) use the same unembedding, so the estimators' differences stay
-            consistent), or "int8": bfloat16, but layer rows below the last take the
-            unembedding's two products as int8 differences from w*
-            (``int8_linear_cross_entropy``: int8 operands twice the bf16 rate on CPUs with
-            VNNI; rounding acts on h − h* and softmax − softmax* only, so losses' differences
-            from w* are closer to float32's than bfloat16's). Fast path only; the general
-            path is float32.
+        precision: a ``Precision`` (``rllc.kernels.precision``'s table): float32 is exact
+            (the traces equal the general path's); bfloat16 and int8 round only frozen
+            matmuls, and L_n(w*) and L_B(w*) use the rows' own numerics, so the
+            estimators' differences stay consistent. Fast path only; the general path is
+            float32.
         compile: fuse the rows' forward/backward with ``torch.compile`` and the loss's
             chunk kernels (on a CPU the hand-written ``cpu_kernels``; seconds to compile once
             per shape, cached on disk); None = when a C++ compiler is available and the
@@ -126,13 +128,13 @@ def sample_heads(
             memory; default: about 2²⁴ numbers per [rows, batch, seq, d_model] activation,
             or 2²⁶ per [rows, chunk, vocab] block of the rank-k loss, at least one chain of
             every head).
-        lowrank: last-layer heads through the rank-k unembedding (FASTPATH §1; exact: its
+        lowrank: last-layer heads through the rank-k unembedding (docs/fastpath.md §1; exact: its
             matmuls are k-wide instead of d_model-wide; in bfloat16 only the sampled head's
             terms are rounded). None = when ``compile`` is on: its vocabulary-wide passes
             need fusing (paper-shaped model, 2 CPU cores: 55 against 81 ms per row in bf16,
             78 against 142 in fp32; eager it is slower than the dense path).
         cpu_tuning: keep freed memory in the process and flush denormal floats to zero
-            (``rllc.estimators.cputune.tune_cpu``; process-wide): no per-step page faults
+            (``rllc.kernels.cputune.tune_cpu``; process-wide): no per-step page faults
             or slow denormal arithmetic, together ≈ 1.4–1.8× faster steps on a CPU.
         progress: tqdm bar on stderr, or a callback ``(step, total_steps)`` per layer run.
 
@@ -210,8 +212,8 @@ def frozen_data_loss(
     model: AttentionOnlyTransformer,
     tokens: Tensor,
     config: SGLDConfig,
-    precision: str = "float32",
-    unembed_precision: str | None = None,
+    precision: str | Precision = Precision.FLOAT32,
+    unembed_precision: str | Precision | None = None,
 ) -> float:
     """L_n(w*) as ``sample_heads`` computes it for its fast path: the batches
     ``full_data_loss`` takes (``config.init_loss_batches``), through the fused chunked loss
@@ -221,11 +223,9 @@ def frozen_data_loss(
     reason = fast_path_reason(model)
     if reason:
         raise FastPathError(f"the head fast path does not apply: {reason}")
-    if unembed_precision is not None and unembed_precision not in HEAD_PRECISIONS:
-        raise ValueError(f"unembed_precision must be one of {HEAD_PRECISIONS}, "
-                         f"got {unembed_precision!r}")
+    unembed = None if unembed_precision is None else parse_precision(unembed_precision)
     numerics = replace(_numerics(model, precision, None, None),  # as sample_heads's defaults
-                       unembed=unembed_precision)
+                       unembed=unembed)
     return _frozen_loss(model, tokens.to(next(iter(model.parameters())).device), config,
                         numerics)
 
@@ -253,18 +253,14 @@ class _PrefixCache:
         return self.items[key]
 
 
-def _numerics(model: nn.Module, precision: str, compile: bool | None,
+def _numerics(model: nn.Module, precision: str | Precision, compile: bool | None,
               chunk_size: int | None) -> Numerics:
-    if precision not in HEAD_PRECISIONS:
-        raise ValueError(f"precision must be one of {HEAD_PRECISIONS}, got {precision!r}")
+    precision = parse_precision(precision)
     vocab = getattr(getattr(model, "cfg", None), "d_vocab", 0)
     if compile is None:
         compile = vocab >= 2048 and compile_available()
     device = next(model.parameters()).device
-    if precision == "int8" and device.type != "cpu":
-        # torch._int_mm on CUDA wants multiples of 8 and 16 rows; untested there so far
-        raise ValueError(f"precision 'int8' runs on the CPU only, the model is on {device}; "
-                         "use 'bfloat16'")
+    check_device(precision, device)
     chunk = chunk_size or default_chunk(vocab, bool(compile), device)
     return Numerics(precision=precision, compile=bool(compile), chunk=int(chunk))
 

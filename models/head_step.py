@@ -21,7 +21,7 @@ Only that head's contribution is recomputed:
 then the frozen later blocks run on all rows as one batch, and the final LayerNorm's output
 goes through the chunked fused unembedding + cross-entropy (``linear_cross_entropy``); for
 the last layer (``lowrank=True``) the head output goes straight through the rank-k form of
-the final LayerNorm + unembedding instead (``lowrank_cross_entropy``, FASTPATH §1: k-wide
+the final LayerNorm + unembedding instead (``lowrank_cross_entropy``, docs/fastpath.md §1: k-wide
 instead of D-wide matmuls per row). The gradient is taken for ``theta`` only (plain
 batched autograd; rows are independent, so ∂Σ_r L_r/∂θ_r = ∂L_r/∂θ_r).
 
@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rllc.estimators import cpu_kernels
-from rllc.estimators.fused_ce import (
+from rllc.estimators import frozen_state
+from rllc.kernels import cpu_kernels
+from rllc.kernels.fused_ce import (
     DEFAULT_CHUNK,
     Int8Unembedding,
     Int8Weights,
@@ -52,10 +53,10 @@ from rllc.estimators.fused_ce import (
     int8_unembedding,
     int8_weights,
     linear_cross_entropy,
-    lowrank_cross_entropy,
 )
-from rllc.estimators.sampler import frozen_state
+from rllc.kernels.precision import Precision
 
+from .lowrank_unembed import lowrank_cross_entropy
 from .transformer import AttentionOnlyTransformer, TransformerConfig
 
 #: Tokens per [rows, chunk, V] block of the rank-k loss. The block does not fit a core's
@@ -111,38 +112,30 @@ class LayerPrefix:
     int8_ref: Int8Unembedding | None = None  # the int8 unembedding's w* side, on demand
 
 
-#: The fast path's precisions (``Numerics.precision``).
-HEAD_PRECISIONS = ("float32", "bfloat16", "int8")
-
-
 @dataclass(frozen=True)
 class Numerics:
-    """How the frozen parts are computed. ``precision="bfloat16"`` runs the unembedding and
-    the frozen later blocks' projections with bf16 operands and fp32 accumulation
-    (LayerNorms, attention, softmax, the loss and every sampled weight stay in the model's
-    dtype); ``precision="int8"`` is bfloat16 but for the dense unembedding, whose two
-    products are taken as int8 differences from w* (``int8_linear_cross_entropy``: int8
-    operands, int32 accumulation, rounding only what moved; rank-k rows take bf16 head
-    terms); ``compile`` fuses the rows' forward/backward with ``torch.compile`` (with the
+    """How the frozen parts are computed: ``precision`` as ``rllc.kernels.precision``'s
+    table says (the int8 dense unembedding is ``int8_linear_cross_entropy``; rank-k rows
+    take ``precision.head_terms``); ``compile`` fuses the rows' forward/backward with ``torch.compile`` (with the
     CPU attention kernel where it serves) and the loss's chunk kernels (the CPU softmax
     kernel, or ``torch.compile``)."""
 
-    precision: str = "float32"
+    precision: Precision = Precision.FLOAT32
     compile: bool = False
     chunk: int = DEFAULT_CHUNK
     #: The dense unembedding's matmul precision when it differs from ``precision``: the
     #: rank-k loss unembeds in the model's dtype (only the head's terms take bf16), so
     #: L_B(w*) and L_n(w*) for its rows are taken that way too.
-    unembed: str | None = None
+    unembed: Precision | None = None
 
     @property
-    def unembed_precision(self) -> str:
+    def unembed_precision(self) -> Precision:
         return self.unembed or self.precision
 
 
 def loss_numerics(numerics: Numerics, lowrank: bool) -> Numerics:
     """The numerics of a layer's rows' loss: rank-k rows unembed in the model's dtype."""
-    return replace(numerics, unembed="float32") if lowrank else numerics
+    return replace(numerics, unembed=Precision.FLOAT32) if lowrank else numerics
 
 
 def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
@@ -250,24 +243,25 @@ class FrozenTransformer:
         self.model, self.cfg = model, model.cfg
         self.numerics = numerics or Numerics()
         self.params = frozen_state(model)
-        low = self.numerics.precision in ("bfloat16", "int8")
-        mm = (lambda t: t.to(torch.bfloat16)) if low else (lambda t: t)
         w = self.params["embed.weight"]
+        mm_dtype = self.numerics.precision.matmul_dtype(w.dtype)
         # the CPU attention kernel is one of the fused kernels ``compile`` asks for
         cpu_attention = self.numerics.compile and cpu_kernels.attention_usable(
             w.device, w.dtype, self.cfg.d_head)
         self.shape = Shape(self.cfg.n_heads, self.cfg.d_head, self.cfg.positional == "shortformer",
                            cpu_attention)
         self.w_unembed, self.b_unembed = self.params["unembed.weight"], self.params["unembed.bias"]
-        self.w_unembed_mm = self.w_unembed  # [V, D]
-        if self.numerics.unembed_precision == "bfloat16":
-            self.w_unembed_mm = self.w_unembed.to(torch.bfloat16)
+        unembed = self.numerics.unembed_precision
+        self.w_unembed_mm = (  # [V, D]; the int8 loss keeps its own copies (int8_weights)
+            self.w_unembed if unembed.behaviour.int8_unembedding
+            else self.w_unembed.to(unembed.matmul_dtype(self.w_unembed.dtype)))
         self.blocks: list[BlockWeights] = []
         for layer in range(self.cfg.n_layers):
             ln_w, ln_b = self.ln_params(f"blocks.{layer}.ln")
             p = f"blocks.{layer}.attn"
-            self.blocks.append((ln_w, ln_b, mm(self.params[f"{p}.qkv.weight"]),
-                                self.params[f"{p}.qkv.bias"], mm(self.params[f"{p}.out.weight"]),
+            self.blocks.append((ln_w, ln_b, self.params[f"{p}.qkv.weight"].to(mm_dtype),
+                                self.params[f"{p}.qkv.bias"],
+                                self.params[f"{p}.out.weight"].to(mm_dtype),
                                 self.params[f"{p}.out.bias"]))
         self.ln_final = self.ln_params("ln_final")
 
@@ -290,7 +284,7 @@ class FrozenTransformer:
         int8 unembedding, ``ref`` is w*'s side (``int8_reference``); without one, h is
         [1, N, D] at w* and is its own reference."""
         n = self.numerics
-        if n.unembed_precision == "int8":
+        if n.unembed_precision.behaviour.int8_unembedding:
             if ref is None:
                 if h.shape[0] != 1:
                     raise ValueError("the int8 unembedding of several rows needs a reference")
@@ -405,7 +399,7 @@ class HeadLayerStep:
     def star_loss(self, pre: LayerPrefix) -> Tensor:
         """L_B(w*) on the prefix's minibatch (scalar), computed once per prefix."""
         if pre.star is None:
-            if self.fm.numerics.unembed_precision == "int8":  # the rows' own reference
+            if self.fm.numerics.unembed_precision.behaviour.int8_unembedding:  # rows' own ref
                 ref = self.int8_ref(pre)
                 pre.star = self.fm.ce(ref.h[None], pre.tokens, ref)[0]
             else:
@@ -440,7 +434,8 @@ class HeadLayerStep:
         pos_qk = fm.embed(pre.tokens[:1])[1]
         h = self.hidden(theta, pre.x_qk, pre.x_v, pre.base, pos_qk,
                         tuple(fm.blocks[self.layer + 1 :]), *fm.ln_final, fm.shape)
-        ref = self.int8_ref(pre) if fm.numerics.unembed_precision == "int8" else None
+        int8 = fm.numerics.unembed_precision.behaviour.int8_unembedding
+        ref = self.int8_ref(pre) if int8 else None
         return fm.ce(h, pre.tokens, ref)
 
     def _lowrank_losses(self, theta: Tensor, pre: LayerPrefix) -> Tensor:
@@ -452,8 +447,7 @@ class HeadLayerStep:
         return lowrank_cross_entropy(
             z_n, mu, sigma, m, pre.resid_next[:, :-1].reshape(-1, D), self.u_prime, self.c,
             pre.zs[:, :, :-1].reshape(H, -1, k), self.ms, targets_of(pre.tokens),
-            LOWRANK_CHUNK, precision="bfloat16" if n.precision == "int8" else n.precision,
-            compile=n.compile,
+            LOWRANK_CHUNK, precision=n.precision.head_terms, compile=n.compile,
         )
 
     def default_max_rows(self, tokens: Tensor) -> int:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rllc.estimators import cpu_kernels
+from rllc.kernels import cpu_kernels
 
 
 def reference(xd, a=None, mu=None, sigma=None, u=None, c=None):

@@ -9,7 +9,7 @@ import sys
 
 CHILD = r"""
 import json, torch
-from rllc.estimators.cputune import tune_cpu
+from rllc.kernels.cputune import tune_cpu
 
 torch.set_num_threads(2)
 tiny = torch.full((1 << 20,), 1e-39)        # denormal in float32

@@ -4,40 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rllc.estimators import cpu_kernels
-from rllc.estimators.fused_ce import (
+from rllc.kernels import cpu_kernels
+from rllc.kernels.fused_ce import (
     int8_linear_cross_entropy,
     int8_unembedding,
     int8_weights,
     linear_cross_entropy,
-    lowrank_cross_entropy,
     quantize_int8,
 )
-
-R, N, D, V, K, H = 6, 50, 16, 37, 4, 3
-
-
-@pytest.fixture
-def problem():
-    g = torch.Generator().manual_seed(0)
-    dt = torch.float64
-    h = torch.randn(R, N, D, dtype=dt, generator=g)
-    w = torch.randn(V, D, dtype=dt, generator=g)
-    b = torch.randn(V, dtype=dt, generator=g)
-    y = torch.randint(0, V, (N,), generator=g)
-    weights = torch.randn(R, dtype=dt, generator=g)  # a non-uniform upstream gradient
-    return h, w, b, y, weights
-
-
-@pytest.fixture(params=["cpu kernel", "inductor"])
-def fused_kernel(request, monkeypatch):
-    """Which kernel ``compile=True`` takes on the CPU: the hand-written one (the default
-    where it builds) or inductor's (the fallback, and the path on other devices)."""
-    if request.param == "inductor":
-        monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
-    else:
-        assert cpu_kernels.available()
-    return request.param
 
 
 def reference(h, w, b, y):
@@ -62,6 +36,7 @@ def test_linear_cross_entropy_matches_cross_entropy(problem, chunk, with_bias):
 
 def test_per_row_targets_and_no_grad(problem):
     h, w, b, _, _ = problem
+    (R, N, _), V = h.shape, w.shape[0]
     y = torch.randint(0, V, (R, N), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fused = linear_cross_entropy(h, w, b, y, 9)
@@ -106,91 +81,8 @@ def test_compiled_kernels_equal_eager(problem, fused_kernel, precision):
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("layer_norm", [True, False])
-def test_lowrank_cross_entropy_equals_layer_norm_then_unembed(problem, layer_norm):
-    """logits = LN(base_h + z·W_Oᵀ)·W_Uᵀ + b_U, rows head-major, via the rank-k identity."""
-    _, w, b, y, weights = problem
-    g = torch.Generator().manual_seed(2)
-    dt = torch.float64
-    C = R // H
-    resid_star = torch.randn(N, D, dtype=dt, generator=g)
-    zs = torch.randn(H, N, K, dtype=dt, generator=g)  # each head's frozen output
-    wo_star = torch.randn(H, D, K, dtype=dt, generator=g)
-    z = torch.randn(R, N, K, dtype=dt, generator=g).requires_grad_(True)
-    wo = torch.randn(R, D, K, dtype=dt, generator=g).requires_grad_(True)
-    gain = torch.rand(D, dtype=dt, generator=g) + 0.5
-    bias_ln = torch.randn(D, dtype=dt, generator=g)
-    head = torch.arange(R) // C
-    base = resid_star[None] - zs @ wo_star.transpose(1, 2)  # [H, N, D]
-    resid = base[head] + z @ wo.transpose(1, 2)  # [R, N, D]
-    if layer_norm:
-        hidden = F.layer_norm(resid, (D,), gain, bias_ln, eps=1e-5)
-        mu = resid.mean(-1)
-        sigma = (resid.var(-1, unbiased=False) + 1e-5).sqrt()
-        u_prime, c = gain[:, None] * w.T, bias_ln @ w.T + b
-    else:
-        hidden = resid
-        mu, sigma = torch.zeros(R, N, dtype=dt), torch.ones(R, N, dtype=dt)
-        u_prime, c = w.T.clone(), b
-    ref = reference(hidden, w, b, y)
-    fast = lowrank_cross_entropy(z, mu, sigma, wo.transpose(1, 2) @ u_prime, resid_star,
-                                 u_prime, c, zs, wo_star.transpose(1, 2) @ u_prime, y, chunk=9)
-    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
-    g_fast = torch.autograd.grad((fast * weights).sum(), (z, wo), retain_graph=True)
-    g_ref = torch.autograd.grad((ref * weights).sum(), (z, wo))
-    for a, b_ in zip(g_fast, g_ref, strict=True):
-        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
-
-
-def lowrank_problem(dt=torch.float32):
-    """A last-layer head problem of the rank-k loss near w*: rows perturb their head's
-    frozen output and W_O by ~1%, as SGLD draws do."""
-    g = torch.Generator().manual_seed(3)
-    C = R // H
-    resid_star = torch.randn(N, D, dtype=dt, generator=g)
-    zs = torch.randn(H, N, K, dtype=dt, generator=g)
-    wo_star = torch.randn(H, D, K, dtype=dt, generator=g)
-    head = torch.arange(R) // C
-    z = zs[head] + 0.01 * torch.randn(R, N, K, dtype=dt, generator=g)
-    wo = wo_star[head] + 0.01 * torch.randn(R, D, K, dtype=dt, generator=g)
-    resid = resid_star[None] - (zs @ wo_star.transpose(1, 2))[head] + z @ wo.transpose(1, 2)
-    mu, sigma = resid.mean(-1), (resid.var(-1, unbiased=False) + 1e-5).sqrt()
-    w = torch.randn(V, D, dtype=dt, generator=g)
-    u_prime, c = w.T.contiguous(), torch.randn(V, dtype=dt, generator=g)
-    y = torch.randint(0, V, (N,), generator=g)
-    m = (wo.transpose(1, 2) @ u_prime).requires_grad_(True)
-    z = z.requires_grad_(True)
-    return (z, mu, sigma, m, resid_star, u_prime, c, zs, wo_star.transpose(1, 2) @ u_prime, y)
-
-
-def test_bfloat16_lowrank_rounds_only_the_heads_terms():
-    """bf16 operands on (zs | z − zs)·(M − Ms; M): the error scales with the head's terms,
-    not with the logits, so losses stay within 1e-3 of float32 (the dense bf16 path rounds
-    whole logits, ≈ 2⁻⁹·|logit|)."""
-    args = lowrank_problem()
-    exact = lowrank_cross_entropy(*args, chunk=16)
-    low = lowrank_cross_entropy(*args, chunk=16, precision="bfloat16")
-    torch.testing.assert_close(low, exact, rtol=0, atol=1e-3)
-    g1 = torch.autograd.grad(exact.sum(), args[0])[0]
-    g2 = torch.autograd.grad(low.sum(), args[0])[0]
-    assert (g1 - g2).norm() < 0.02 * g1.norm()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_compiled_lowrank_equals_eager(fused_kernel, precision):
-    args = lowrank_problem()
-    # ragged last chunk: padded for inductor's static shapes
-    eager = lowrank_cross_entropy(*args, chunk=16, precision=precision)
-    compiled = lowrank_cross_entropy(*args, chunk=16, precision=precision, compile=True)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
-    for a, b in zip(torch.autograd.grad(eager.sum(), (args[0], args[3])),
-                    torch.autograd.grad(compiled.sum(), (args[0], args[3])), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
 def test_default_chunk_follows_the_kernel(monkeypatch):
-    from rllc.estimators.fused_ce import COMPILED_CHUNK, DEFAULT_CHUNK, default_chunk
+    from rllc.kernels.fused_ce import COMPILED_CHUNK, DEFAULT_CHUNK, default_chunk
 
     assert default_chunk(5000, compile=False) == DEFAULT_CHUNK
     assert default_chunk(5000, compile=True, device="cpu") == (1 << 24) // 5000  # CPU kernel
