@@ -52,8 +52,8 @@ def plan_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Validate a spec; print its grid, SGLD work and estimated time."""
+    from rllc.jobs.plan_timing import plan
     from rllc.jobs.spec import load_spec
-    from rllc.jobs.sweep_plan import plan
 
     with _spec_errors():
         result = plan(load_spec(spec), timing=timing)

@@ -19,12 +19,13 @@ from rllc.data.datasets import load_dataset
 from rllc.estimators import SamplingResult, SGLDConfig, frozen_state, full_data_loss, sample
 from rllc.kernels.precision import Precision, parse_precision
 from rllc.models.checkpoint import load_checkpoint
-from rllc.models.components import component_selection, parse_component
+from rllc.models.components import component_selection
 from rllc.models.fastpath import (
     fast_path_reason,
     frozen_data_loss,
     head_noise_key,
     sample_heads,
+    takes_fast_path,
 )
 from rllc.models.objective import lm_objective
 
@@ -120,8 +121,7 @@ class CheckpointSession:
         on its own id, the minibatches on the seed), up to float reassociation. Other
         components (``"L:*"`` as one selection, ``embed``, patterns) run one by one on the
         general sampler."""
-        fast = fast_path_reason(self.model) is None
-        heads = [c for c in components if fast and parse_component(c).kind == "head"]
+        heads = [c for c in components if takes_fast_path(self.model, c)]
         tokens = self.dataset(dataset)
         out: dict[str, SamplingResult] = {}
         if heads:

@@ -2,19 +2,12 @@
 
 ``resolve`` expands globs and run directories into checkpoint URIs (oldest first within
 each entry), reads each checkpoint's metadata (its step and architecture) and checks the
-components against it, expanding ``"L:*"`` into heads. ``plan`` adds the work estimate:
+components against it, expanding ``"L:*"`` into heads. ``SweepPlan.summary`` is the grid
+and its work, ``sgld_steps = cells × chains × draws × steps_per_draw`` (per-chain SGLD
+steps).
 
-    sgld_steps        = cells × chains × draws × steps_per_draw   (per-chain SGLD steps)
-    estimated_seconds = (checkpoints · t_load
-                         + checkpoints · datasets · seeds · draws · steps_per_draw · t_step)
-                        / workers
-
-where t_step (one step of every work unit of a checkpoint, dataset and seed: all chains,
-a layer's heads batched together) and t_load (checkpoint, datasets and L_n(w*)) are timed
-on this machine with the first checkpoint, dataset and seed, using the actors' thread
-count, and workers = min(checkpoints, resources.max_workers or the
-local CPUs ÷ resources.num_cpus). It is an estimate for a local run; a cluster with
-more (or GPU) workers is faster.
+This module is pure: it reads checkpoint metadata, never weights, and runs nothing. The
+time estimate of ``rllc sweep plan`` (a few timed SGLD steps) is ``rllc.jobs.plan_timing``.
 """
 
 from __future__ import annotations
@@ -22,9 +15,8 @@ from __future__ import annotations
 import glob
 import math
 import os
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -35,10 +27,10 @@ from rllc.estimators import SelectionError, SGLDConfig
 from rllc.models import uri as U
 from rllc.models.checkpoint import CheckpointError, list_checkpoints, read_meta, step_of
 from rllc.models.components import component_selection, expand_components, parse_component
+from rllc.models.fastpath import takes_fast_path
 from rllc.models.transformer import AttentionOnlyTransformer, TransformerConfig
 from rllc.store import CellKey, SweepGrid
 
-from .session import CheckpointSession
 from .spec import SpecError, SweepSpec
 
 _GLOB_CHARS = "*?["
@@ -46,11 +38,13 @@ _GLOB_CHARS = "*?["
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """A resolved spec: the store URI, the grid of cells and the sweep's sampler config."""
+    """A resolved spec: the store URI, the grid of cells, the sweep's sampler config and
+    each checkpoint's architecture."""
 
     spec: SweepSpec
     store: str
     grid: SweepGrid
+    models: dict[str, TransformerConfig] = field(default_factory=dict)
 
     @property
     def sweep_id(self) -> str:
@@ -71,13 +65,15 @@ class SweepPlan:
 
     def units(self, cells: Iterable[CellKey]) -> list[tuple[CellKey, ...]]:
         """``cells`` in work units, the order kept: with ``compute.batch_heads`` the heads
-        ``"L:H"`` of one layer that share checkpoint, dataset and seed form one unit (one
-        batched ``sample_heads`` call); every other cell is a unit of its own."""
+        that take the head fast path (``rllc.models.fastpath.takes_fast_path``, on the
+        checkpoint's architecture) and share a layer, checkpoint, dataset and seed form one
+        unit (one batched ``sample_heads`` call); every other cell is a unit of its own."""
         groups: dict[tuple, list[CellKey]] = {}
         for key in cells:
-            comp = parse_component(key.component)
-            batch = self.spec.compute.batch_heads and comp.kind == "head"
-            layer = comp.layer if batch else key.component
+            arch = self.models.get(key.checkpoint)
+            batch = (self.spec.compute.batch_heads and arch is not None
+                     and takes_fast_path(arch, key.component))
+            layer = parse_component(key.component).layer if batch else key.component
             groups.setdefault((key.checkpoint, key.dataset, key.seed, batch, layer),
                               []).append(key)
         return [tuple(g) for g in groups.values()]
@@ -87,6 +83,27 @@ class SweepPlan:
         """Per-chain SGLD steps of the whole sweep."""
         c = self.config
         return self.cells * c.chains * c.draws * c.steps_per_draw
+
+    def summary(self) -> dict[str, Any]:
+        """The grid and its work, as ``rllc sweep plan --json`` prints them (without the
+        time estimate, ``rllc.jobs.plan_timing``)."""
+        c, g = self.config, self.grid
+        return {
+            "sweep": self.sweep_id,
+            "store": self.store,
+            "cells": self.cells,
+            "sgld_steps": self.sgld_steps,
+            "estimated_seconds": None,
+            "checkpoints": list(g.checkpoints),
+            "steps": list(g.steps),
+            "components": list(g.components),
+            "datasets": list(g.datasets),
+            "seeds": list(g.seeds),
+            "chains": c.chains,
+            "draws": c.draws,
+            "steps_per_draw": c.steps_per_draw,
+            "units": len(self.units(g.cells())),
+        }
 
 
 def absolute(uri: str) -> str:
@@ -203,94 +220,5 @@ def resolve(spec: SweepSpec) -> SweepPlan:
         datasets=tuple(datasets),
         seeds=tuple(spec.seeds),
     )
-    return SweepPlan(spec=spec, store=absolute(spec.store), grid=grid)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Measured costs: one SGLD step of each work unit of a (checkpoint, dataset, seed)
-    (all its chains, a batched layer's heads together), and preparing one checkpoint."""
-
-    unit_step_seconds: tuple[float, ...]
-    load_seconds: float
-
-    @property
-    def step_seconds(self) -> float:
-        """One SGLD step of every cell of a (checkpoint, dataset, seed)."""
-        return sum(self.unit_step_seconds)
-
-
-def time_plan(plan: SweepPlan, steps: int = 4) -> Timing:
-    """Time ``steps`` SGLD steps of each work unit of the first checkpoint, dataset and
-    seed, and loading that checkpoint, with the actors' thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(plan.spec.resources.num_cpus)))
-    try:
-        first = next(plan.grid.cells())
-        units = [u for u in plan.units(plan.grid.cells())
-                 if (u[0].checkpoint, u[0].dataset, u[0].seed)
-                 == (first.checkpoint, first.dataset, first.seed)]
-        start = time.perf_counter()
-        session = CheckpointSession(first.checkpoint, plan.spec.data,
-                                    compute=plan.spec.compute)
-        config = plan.cell_config(first.seed)
-        session.init_loss(first.dataset, config, plan.spec.compute.precision)
-        load = time.perf_counter() - start
-        probe = config.model_copy(update={"draws": steps + 1, "burnin": 0, "steps_per_draw": 1})
-        per_unit = []
-        for unit in units:
-            stamps: list[float] = []  # when each step ended
-
-            def stamp(step: int, total: int, stamps=stamps) -> None:
-                stamps.append(time.perf_counter())
-
-            session.sample_many([k.component for k in unit], first.dataset, probe,
-                                progress=stamp)
-            # the first step warms up (and compiles, once per shape)
-            per_unit.append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
-    finally:
-        torch.set_num_threads(threads)
-    return Timing(unit_step_seconds=tuple(per_unit),
-                  load_seconds=load * len(plan.grid.datasets))
-
-
-def local_workers(plan: SweepPlan) -> int:
-    """Actors a local run would start at once."""
-    res = plan.spec.resources
-    fit = max(1, int((os.cpu_count() or 1) // res.num_cpus))
-    return min(len(plan.grid.checkpoints), res.max_workers or fit)
-
-
-def plan(spec: SweepSpec, timing: bool = True) -> dict[str, Any]:
-    """What ``rllc sweep plan --json`` prints: the grid, ``cells``, ``sgld_steps`` and
-    ``estimated_seconds`` (None without ``timing``)."""
-    p = resolve(spec)
-    c = p.config
-    out: dict[str, Any] = {
-        "sweep": p.sweep_id,
-        "store": p.store,
-        "cells": p.cells,
-        "sgld_steps": p.sgld_steps,
-        "estimated_seconds": None,
-        "checkpoints": list(p.grid.checkpoints),
-        "steps": list(p.grid.steps),
-        "components": list(p.grid.components),
-        "datasets": list(p.grid.datasets),
-        "seeds": list(p.grid.seeds),
-        "chains": c.chains,
-        "draws": c.draws,
-        "steps_per_draw": c.steps_per_draw,
-    }
-    if timing:
-        t = time_plan(p)
-        workers = local_workers(p)
-        g = p.grid
-        groups = len(g.checkpoints) * len(g.datasets) * len(g.seeds)
-        serial = len(g.checkpoints) * t.load_seconds + groups * c.total_steps * t.step_seconds
-        out |= {
-            "estimated_seconds": serial / workers,
-            "seconds_per_step": t.step_seconds / len(g.components),  # per cell, on average
-            "units": len(p.units(g.cells())),
-            "workers": workers,
-        }
-    return out
+    models = {uri: TransformerConfig.model_validate(m["model"]) for uri, m in metas.items()}
+    return SweepPlan(spec=spec, store=absolute(spec.store), grid=grid, models=models)

@@ -57,20 +57,30 @@ from .head_step import (
     step_flops,
 )
 from .objective import lm_objective
-from .transformer import AttentionOnlyTransformer
+from .transformer import AttentionOnlyTransformer, TransformerConfig
 
 
 class FastPathError(ValueError):
     """``fast=True`` was asked for where the fast path does not apply."""
 
 
-def fast_path_reason(model: nn.Module) -> str | None:
-    """Why the head fast path cannot sample ``model`` (None when it can)."""
-    if not isinstance(model, AttentionOnlyTransformer):
+def fast_path_reason(model: nn.Module | TransformerConfig) -> str | None:
+    """Why the head fast path cannot sample ``model`` (None when it can); a
+    ``TransformerConfig`` stands for the ``AttentionOnlyTransformer`` it builds."""
+    if isinstance(model, AttentionOnlyTransformer):
+        model = model.cfg
+    if not isinstance(model, TransformerConfig):
         return f"{type(model).__name__} is not an rllc AttentionOnlyTransformer"
-    if model.cfg.mlp:
+    if model.mlp:
         return "the model has MLP blocks (the fast path is for attention-only models)"
     return None
+
+
+def takes_fast_path(model: nn.Module | TransformerConfig, component: str) -> bool:
+    """Whether ``component`` is sampled on the head fast path of ``model``: a head
+    ``"L:H"`` of a model the fast path applies to. The one rule that sweeps' work units
+    (``rllc.jobs.sweep_plan``), checkpoint sessions and ``sample_heads`` share."""
+    return fast_path_reason(model) is None and parse_component(component).kind == "head"
 
 
 def head_noise_key(component: str) -> tuple[int, ...]:
@@ -167,8 +177,8 @@ def sample_heads(
     by_layer: dict[int, list[int]] = {}
     general: list[str] = []
     for comp in components:
-        parsed = parse_component(comp)
-        if use_fast and parsed.kind == "head":
+        if fast is not False and takes_fast_path(model, comp):
+            parsed = parse_component(comp)
             by_layer.setdefault(parsed.layer, []).append(parsed.head)
         else:
             general.append(comp)

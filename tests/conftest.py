@@ -32,3 +32,53 @@ def fused_kernel(request, monkeypatch):
     else:
         assert cpu_kernels.available()
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+    """A run directory with three checkpoints (steps 0, 1 and 4) of a tiny trained
+    2-layer × 2-head model, trained once per test session."""
+    from rllc.jobs.train import QUICK, train
+
+    config = QUICK.model_copy(update={"steps": 4, "log_checkpoints": 2, "eval_sequences": 8})
+    out = str(tmp_path_factory.mktemp("run"))
+    train(config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on loopback, once per session, with the usual AWS variables set
+    (before any Ray runtime starts, so its workers inherit them, as on a configured
+    machine). Tests make their own buckets (``s3_bucket``)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+                            "AWS_SECRET_ACCESS_KEY": "test",
+                            "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(name, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request) -> str:
+    """A new, empty bucket on the loopback S3 server: ``s3://<bucket>``."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -1,0 +1,100 @@
+"""The time estimate of ``rllc sweep plan``: a few SGLD steps timed on this machine.
+
+    estimated_seconds = (checkpoints · t_load
+                         + checkpoints · datasets · seeds · draws · steps_per_draw · t_step)
+                        / workers
+
+where t_step (one step of every work unit of a checkpoint, dataset and seed: all chains,
+a layer's heads batched together) and t_load (checkpoint, datasets and L_n(w*)) are timed
+with the first checkpoint, dataset and seed, using the actors' thread count, and workers
+= min(checkpoints, resources.max_workers or the local CPUs ÷ resources.num_cpus). It is
+an estimate for a local run; a cluster with more (or GPU) workers is faster.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .session import CheckpointSession
+from .spec import SweepSpec
+from .sweep_plan import SweepPlan, resolve
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Measured costs: one SGLD step of each work unit of a (checkpoint, dataset, seed)
+    (all its chains, a batched layer's heads together), and preparing one checkpoint."""
+
+    unit_step_seconds: tuple[float, ...]
+    load_seconds: float
+
+    @property
+    def step_seconds(self) -> float:
+        """One SGLD step of every cell of a (checkpoint, dataset, seed)."""
+        return sum(self.unit_step_seconds)
+
+
+def time_plan(plan: SweepPlan, steps: int = 4) -> Timing:
+    """Time ``steps`` SGLD steps of each work unit of the first checkpoint, dataset and
+    seed, and loading that checkpoint, with the actors' thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(plan.spec.resources.num_cpus)))
+    try:
+        first = next(plan.grid.cells())
+        units = [u for u in plan.units(plan.grid.cells())
+                 if (u[0].checkpoint, u[0].dataset, u[0].seed)
+                 == (first.checkpoint, first.dataset, first.seed)]
+        start = time.perf_counter()
+        session = CheckpointSession(first.checkpoint, plan.spec.data,
+                                    compute=plan.spec.compute)
+        config = plan.cell_config(first.seed)
+        session.init_loss(first.dataset, config, plan.spec.compute.precision)
+        load = time.perf_counter() - start
+        probe = config.model_copy(update={"draws": steps + 1, "burnin": 0, "steps_per_draw": 1})
+        per_unit = []
+        for unit in units:
+            stamps: list[float] = []  # when each step ended
+
+            def stamp(step: int, total: int, stamps=stamps) -> None:
+                stamps.append(time.perf_counter())
+
+            session.sample_many([k.component for k in unit], first.dataset, probe,
+                                progress=stamp)
+            # the first step warms up (and compiles, once per shape)
+            per_unit.append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
+    finally:
+        torch.set_num_threads(threads)
+    return Timing(unit_step_seconds=tuple(per_unit),
+                  load_seconds=load * len(plan.grid.datasets))
+
+
+def local_workers(plan: SweepPlan) -> int:
+    """Actors a local run would start at once."""
+    res = plan.spec.resources
+    fit = max(1, int((os.cpu_count() or 1) // res.num_cpus))
+    return min(len(plan.grid.checkpoints), res.max_workers or fit)
+
+
+def plan(spec: SweepSpec, timing: bool = True) -> dict[str, Any]:
+    """What ``rllc sweep plan --json`` prints: ``SweepPlan.summary`` (the grid, ``cells``,
+    ``sgld_steps``) with ``estimated_seconds`` (None without ``timing``)."""
+    p = resolve(spec)
+    out = p.summary()
+    if timing:
+        t = time_plan(p)
+        workers = local_workers(p)
+        g = p.grid
+        groups = len(g.checkpoints) * len(g.datasets) * len(g.seeds)
+        serial = (len(g.checkpoints) * t.load_seconds
+                  + groups * p.config.total_steps * t.step_seconds)
+        out |= {
+            "estimated_seconds": serial / workers,
+            "seconds_per_step": t.step_seconds / len(g.components),  # per cell, on average
+            "workers": workers,
+        }
+    return out
