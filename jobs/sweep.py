@@ -130,7 +130,8 @@ def actor_options(res: Resources, cluster: dict[str, float]) -> tuple[dict[str, 
 
 def prepare_store(plan: SweepPlan, resume: bool) -> TraceStore:
     """Open the store and create the sweep (``run``) or check that it exists (``resume``);
-    ``LayoutMismatchError`` if it exists with another grid or sampler config."""
+    ``LayoutMismatchError`` if it exists with another grid, sampler config or compute
+    settings (the precision among them), or was written with another store layout."""
     store = open_store(plan.store)
     try:
         store.sweep_grid(plan.sweep_id)
@@ -149,15 +150,10 @@ def prepare_store(plan: SweepPlan, resume: bool) -> TraceStore:
             f"no sweep {plan.sweep_id!r} in store {plan.store} to resume; start it with "
             "`rllc sweep run`",
         )
-    store.create_sweep(plan.sweep_id, plan.grid, plan.config, plan.spec.model_dump(mode="json"))
-    if exists:  # the grid and sampler config are checked by create_sweep; numerics here
-        before = store.sweep_spec(plan.sweep_id).get("compute", {}).get("precision", "float32")
-        if before != plan.spec.compute.precision:
-            raise SpecError(
-                "compute.precision",
-                f"sweep {plan.sweep_id!r} was started with precision {before!r}, not "
-                f"{plan.spec.compute.precision!r}; resume it unchanged or use a new sweep id",
-            )
+    # the grid, sampler config and compute settings are fixed at creation: a resume with
+    # other ones is refused by the store (LayoutMismatchError)
+    store.create_sweep(plan.sweep_id, plan.grid, plan.config, plan.spec.model_dump(mode="json"),
+                       compute=plan.spec.compute.model_dump(mode="json"))
     return store
 
 

@@ -54,7 +54,7 @@ from rllc.kernels.fused_ce import (
     int8_weights,
     linear_cross_entropy,
 )
-from rllc.kernels.precision import Precision
+from rllc.kernels.precision import Precision, parse_precision
 
 from .lowrank_unembed import lowrank_cross_entropy
 from .transformer import AttentionOnlyTransformer, TransformerConfig
@@ -127,6 +127,11 @@ class Numerics:
     #: rank-k loss unembeds in the model's dtype (only the head's terms take bf16), so
     #: L_B(w*) and L_n(w*) for its rows are taken that way too.
     unembed: Precision | None = None
+
+    def __post_init__(self) -> None:  # accept the values' names too ("bfloat16")
+        object.__setattr__(self, "precision", parse_precision(self.precision))
+        if self.unembed is not None:
+            object.__setattr__(self, "unembed", parse_precision(self.unembed))
 
     @property
     def unembed_precision(self) -> Precision:

@@ -20,6 +20,7 @@ written last and a retry re-creates an incomplete group.
 from __future__ import annotations
 
 import builtins
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -29,19 +30,27 @@ import xarray as xr
 
 from rllc.estimators.config import SGLDConfig
 
-from .errors import LayoutMismatchError, ReadOnlyStoreError, UnknownGroupError
+from .errors import (
+    LayoutMismatchError,
+    LayoutVersionError,
+    ReadOnlyStoreError,
+    UnknownGroupError,
+)
 from .layout import GroupLayout, group_path, validate_id
 from .sweep import (
     ATTR_CONFIG,
     ATTR_RLLC,
     ATTR_SPEC,
+    LAYOUT_VERSION,
     SWEEP_VARIABLES,
     CellKey,
     SweepGrid,
     cell_values,
+    compute_from_attrs,
     config_from_attrs,
     diff_fields,
     grid_from_attrs,
+    layout_version,
     sweep_layout,
 )
 
@@ -152,37 +161,64 @@ class TraceStore(ABC):
         grid: SweepGrid,
         config: SGLDConfig,
         spec: Mapping[str, Any] | None = None,
+        compute: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Create the group of a sweep; a no-op if it exists with the same grid and config.
+        """Create the group of a sweep; a no-op if it exists with the same grid, sampler
+        config and compute settings.
 
         Args:
             sweep_id: letters, digits, ``-`` and ``_``.
             grid: checkpoints (with steps), components, datasets, seeds.
             config: the sampler config; its ``chains`` and ``draws`` size the traces.
             spec: the sweep spec as given (JSON-able), kept in the group's attributes.
+            compute: how the cells are computed (JSON-able, e.g. the precision): opaque
+                here, but fixed at creation like the config, so a resume cannot change it.
 
         Returns:
             True if the group was created, False if it already existed.
 
         Raises:
-            LayoutMismatchError: the sweep exists with another grid or sampler config.
+            LayoutMismatchError: the sweep exists with another grid, sampler config or
+                compute settings.
+            LayoutVersionError: the sweep exists with another store layout version.
         """
         path = group_path("sweeps", sweep_id)
         self._check_writable()
         if self.exists(path):
             attrs = self.read_attrs(path)
             if ATTR_RLLC in attrs:  # complete: compare, never overwrite
-                self._check_same(sweep_id, attrs, grid, config)
+                self._check_version(sweep_id, attrs, writing=True)
+                self._check_same(sweep_id, attrs, grid, config, compute)
                 self._attrs_cache[sweep_id] = attrs
                 return False
-        layout = sweep_layout(sweep_id, grid, config, spec)
+        layout = sweep_layout(sweep_id, grid, config, spec, compute)
         self.create(path, layout)
         self._attrs_cache.pop(sweep_id, None)
         return True
 
+    def _check_version(self, sweep_id: str, attrs: Mapping[str, Any], writing: bool) -> None:
+        """Refuse to write a sweep of another layout version, or to read a newer one."""
+        version = layout_version(attrs)
+        if version > LAYOUT_VERSION:
+            raise LayoutVersionError(
+                f"sweep {sweep_id!r} in store {self.uri} has store layout version {version}, "
+                f"newer than this rllc's ({LAYOUT_VERSION}); upgrade rllc to read it"
+            )
+        if writing and version < LAYOUT_VERSION:
+            raise LayoutVersionError(
+                f"sweep {sweep_id!r} in store {self.uri} was written with store layout "
+                f"version {version}; this rllc writes version {LAYOUT_VERSION}. Its traces "
+                "can still be read (rllc query); to add cells, run the spec again under a "
+                "new sweep name or in a new store"
+            )
+
     @staticmethod
     def _check_same(
-        sweep_id: str, attrs: Mapping[str, Any], grid: SweepGrid, config: SGLDConfig
+        sweep_id: str,
+        attrs: Mapping[str, Any],
+        grid: SweepGrid,
+        config: SGLDConfig,
+        compute: Mapping[str, Any] | None,
     ) -> None:
         old_grid = grid_from_attrs(attrs)
         if old_grid != grid:
@@ -198,6 +234,14 @@ class TraceStore(ABC):
                 f"sweep {sweep_id!r} already exists with a different sampler config "
                 f"({'; '.join(changes)}); resume it unchanged or use a new sweep id"
             )
+        old_compute = compute_from_attrs(attrs)
+        new_compute = json.loads(json.dumps(dict(compute or {}), default=str))
+        if old_compute != new_compute:
+            changes = diff_fields(old_compute, new_compute)
+            raise LayoutMismatchError(
+                f"sweep {sweep_id!r} already exists with different compute settings "
+                f"({'; '.join(changes)}); resume it unchanged or use a new sweep id"
+            )
 
     def _sweep_attrs(self, sweep_id: str) -> dict[str, Any]:
         """The attributes of a complete sweep group, or ``UnknownGroupError``."""
@@ -206,6 +250,7 @@ class TraceStore(ABC):
             attrs = self.read_attrs(path) if self.exists(path) else {}
             if ATTR_RLLC not in attrs:
                 raise self._unknown_sweep(sweep_id)
+            self._check_version(sweep_id, attrs, writing=False)
             self._attrs_cache[sweep_id] = attrs
         return self._attrs_cache[sweep_id]
 
@@ -222,6 +267,10 @@ class TraceStore(ABC):
         """The sampler config the sweep was created with."""
         return config_from_attrs(self._sweep_attrs(sweep_id))
 
+    def sweep_compute(self, sweep_id: str) -> dict[str, Any]:
+        """The compute settings the sweep was created with (``{}`` if none were)."""
+        return compute_from_attrs(self._sweep_attrs(sweep_id))
+
     def sweep_spec(self, sweep_id: str) -> dict[str, Any]:
         """The spec the sweep was created with, as given (JSON); ``{}`` if none was."""
         return dict(self._sweep_attrs(sweep_id).get(ATTR_SPEC) or {})
@@ -229,6 +278,7 @@ class TraceStore(ABC):
     def write_cell(self, sweep_id: str, key: CellKey, result: SamplingResult) -> None:
         """Store one cell's traces, then mark it done (the flag is written last)."""
         self._check_writable()
+        self._check_version(sweep_id, self._sweep_attrs(sweep_id), writing=True)
         grid, config = self.sweep_grid(sweep_id), self.sweep_config(sweep_id)
         region = grid.region(key)
         values = cell_values(result, config)
@@ -239,6 +289,7 @@ class TraceStore(ABC):
     def write_failure(self, sweep_id: str, key: CellKey, error_text: str) -> None:
         """Record that a cell's run failed, with its error text (the cell stays not done)."""
         self._check_writable()
+        self._check_version(sweep_id, self._sweep_attrs(sweep_id), writing=True)
         region = self.sweep_grid(sweep_id).region(key)
         path = group_path("sweeps", sweep_id)
         self.write(path, {"done": np.asarray(False)}, region)

@@ -26,7 +26,13 @@ class UnknownGroupError(StoreError, KeyError):
 
 
 class LayoutMismatchError(StoreError, ValueError):
-    """A group exists with a different grid or sampler config than the one requested."""
+    """A group exists with a different grid, sampler or compute config than the one
+    requested."""
+
+
+class LayoutVersionError(LayoutMismatchError):
+    """A group was written with another store layout version than this rllc writes: an
+    older one can be read but not written; a newer one cannot be read."""
 
 
 class QueryError(StoreError, ValueError):

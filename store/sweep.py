@@ -13,9 +13,21 @@ dataset, seed):
 - ``done[cell…]`` (written last, so a set flag means the cell's traces are complete) and
   ``error[cell…]`` (the failure text of a cell whose run failed; "" otherwise).
 
-Attributes: ``rllc`` (layout version, kind, sweep id, grid), ``sgld_config``, ``spec`` and
-``versions`` (rllc, torch, zarr, numpy, xarray). ``rllc`` is written after all arrays, so
-its presence marks a completely created group.
+Attributes: ``rllc`` (layout version, kind, sweep id, grid), ``sgld_config``, ``compute``
+(how cells are computed, e.g. ``{"precision": "float32", …}``: opaque to the store, and,
+like the grid and sampler config, fixed when the sweep is created, so a resume runs as it
+started), ``spec`` and ``versions`` (rllc, torch, zarr, numpy, xarray). ``rllc`` is written
+after all arrays, so its presence marks a completely created group.
+
+Layout versions (``LAYOUT_VERSION``; it goes up with every change of the layout):
+
+1. the layout above without ``compute`` and ``threads``;
+2. adds the ``compute`` attribute and ``threads[cell…]`` (the CPU threads each cell's
+   sampler ran with, -1 where unknown).
+
+A sweep written with an older version is read as it is (queries work; what it lacks is
+absent) and refused for writing with a message that says what to do; a newer one is
+refused for reading too.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from .layout import ArraySpec, GroupLayout
 if TYPE_CHECKING:
     from rllc.estimators import SamplingResult
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 CELL_DIMS = ("checkpoint", "component", "dataset", "seed")
 TRACES = {
     "loss": "L_B(w_t): minibatch loss at each draw, before the update using that batch",
@@ -53,11 +65,13 @@ CELL_FLOATS = {
 CELL_INTS = {
     "num_weights": "number of sampled weights (size of the component)",
     "n_samples": "n, samples in the loss dataset",
+    "threads": "CPU threads the cell's sampler ran with (-1: not recorded)",
 }
 #: Data variables of a sweep, in the order they are shown.
 SWEEP_VARIABLES = (*TRACES, "diverged", *CELL_FLOATS, *CELL_INTS, "done", "error")
 #: Attribute names; ``ATTR_RLLC`` is written last and marks a complete group.
 ATTR_RLLC, ATTR_CONFIG, ATTR_SPEC, ATTR_VERSIONS = "rllc", "sgld_config", "spec", "versions"
+ATTR_COMPUTE = "compute"
 
 
 class CellKey(NamedTuple):
@@ -147,7 +161,11 @@ def _jsonable(obj: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def sweep_layout(
-    sweep_id: str, grid: SweepGrid, config: SGLDConfig, spec: Mapping[str, Any] | None = None
+    sweep_id: str,
+    grid: SweepGrid,
+    config: SGLDConfig,
+    spec: Mapping[str, Any] | None = None,
+    compute: Mapping[str, Any] | None = None,
 ) -> GroupLayout:
     """The group to create for a sweep (see the module docstring)."""
     cell = CELL_DIMS
@@ -198,6 +216,7 @@ def sweep_layout(
 
     attrs = {
         ATTR_CONFIG: config.model_dump(mode="json"),
+        ATTR_COMPUTE: _jsonable(compute),
         ATTR_SPEC: _jsonable(spec),
         ATTR_VERSIONS: software_versions(),
         ATTR_RLLC: {
@@ -209,6 +228,16 @@ def sweep_layout(
         },
     }
     return GroupLayout(sizes=sizes, arrays=arrays, attrs=attrs, unit_dims=cell)
+
+
+def layout_version(attrs: Mapping[str, Any]) -> int:
+    """The layout version a sweep group was written with."""
+    return int(attrs[ATTR_RLLC].get("layout_version", 1))
+
+
+def compute_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The compute settings recorded with a sweep (``{}`` before layout version 2)."""
+    return dict(attrs.get(ATTR_COMPUTE) or {})
 
 
 def grid_from_attrs(attrs: Mapping[str, Any]) -> SweepGrid:
@@ -243,7 +272,8 @@ def cell_values(result: SamplingResult, config: SGLDConfig) -> dict[str, np.ndar
     for name in CELL_FLOATS:
         values[name] = np.asarray(float(getattr(result, name)))
     for name in CELL_INTS:
-        values[name] = np.asarray(int(getattr(result, name)), dtype=np.int64)
+        value = result.extra.get(name, -1) if name == "threads" else getattr(result, name)
+        values[name] = np.asarray(int(value), dtype=np.int64)
     values["error"] = np.asarray("", dtype=object)  # a success clears an earlier failure
     return values
 
