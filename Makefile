@@ -1,5 +1,6 @@
 # make demo  — set up .venv if missing, run the main job
 # make test  — set up .venv if missing, lint, run the whole test suite (what CI runs)
+# make bench — install the bench extra, run benchmarks/chains.py and vs_devinterp.py (quick)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -25,8 +26,11 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check .
 
+# the bench extra (devinterp, transformer-lens) is for benchmarks/vs_devinterp.py only
 bench: setup
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/chains.py
+	$(BIN)/python benchmarks/vs_devinterp.py --draws 8 --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,16 +1,17 @@
 """rllc against devinterp on one 16-head wrLLC point of the paper-shaped model.
 
 Both libraries sample the same function (rllc's weights loaded into a TransformerLens
-``HookedTransformer``, logits checked to agree to 1e-4), on the same data, batch size and
-SGLD hyperparameters (ε = 1e-3, γ = 200, nβ = 30, 4 chains, L(w*) from 32 batches), each
-restricting weights its own way (devinterp: ``create_param_masks(model, "l0h1")``; rllc:
-``sample_heads``). The two sides run alternately, each in its own process (devinterp with
-default process settings, rllc with ``sample_heads``'s CPU tuning), and the median ratio of
-their times is reported, with both sets of estimates (2-standard-error agreement rule of
-CLI.md) and rllc's achieved GFLOP/s against a matmul peak measured here. By default all
-chains share their minibatches, as both libraries do by default; with
-``--independent-batches`` every chain has its own on both sides, so chains are independent
-and the ESS-based standard errors behind the agreement check do not understate the truth.
+``HookedTransformer`` by ``rllc.models.transformer_lens``, logits checked to agree to
+1e-4), on the same data, batch size and SGLD hyperparameters (ε = 1e-3, γ = 200, nβ = 30,
+4 chains, L(w*) from 32 batches), each restricting weights its own way (devinterp:
+``create_param_masks(model, "l0h1")``; rllc: ``sample_heads``). The two sides run
+alternately, each in its own process (devinterp with default process settings, rllc with
+``sample_heads``'s CPU tuning), and the median ratio of their times is reported, with
+both sets of estimates (2-standard-error agreement rule of docs/cli.md §7) and rllc's achieved
+GFLOP/s against a matmul peak measured here. By default all chains share their
+minibatches, as both libraries do by default; with ``--independent-batches`` every chain
+has its own on both sides, so chains are independent and the ESS-based standard errors
+behind the agreement check do not understate the truth.
 
 By default both sides run the same few draws (devinterp only on a subset of heads, one
 or more per layer; rllc on all 16, since it batches a layer's heads) and the time of the
@@ -25,9 +26,9 @@ devinterp on a 2-core CPU).
 
 ``benchmarks/README.md`` has the measured figures and the commands that produced them.
 
-Needs the optional extra ``bench`` (devinterp 2.0.1, transformer-lens 3.9.0); it is
-installed with pip into this interpreter if missing (``--no-install`` to refuse), or by
-hand: ``pip install -e '.[bench]' torch==$(python -c 'import torch; print(torch.__version__)')``.
+Needs the optional extra ``bench`` (devinterp 2.0.1, transformer-lens 3.9.0): ``make bench``
+installs it and runs this script with ``--draws 8 --repeats 3``; without it the script exits
+with status 2.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,8 +59,8 @@ from rllc.estimators import SGLDConfig, summarize
 from rllc.kernels.cputune import tune_cpu
 from rllc.models import AttentionOnlyTransformer, TransformerConfig, lm_loss
 from rllc.models.fastpath import sample_heads
+from rllc.models.transformer_lens import max_logit_diff, to_hooked_transformer
 
-BENCH_EXTRA = ["devinterp==2.0.1", "transformer-lens==3.9.0"]
 PAPER = TransformerConfig(n_layers=2, n_heads=8, d_model=256, d_head=32, n_ctx=256,
                           d_vocab=5000, positional="residual")
 BATCH, CHAINS, FULL_DRAWS, INIT_BATCHES = 16, 4, 200, 32
@@ -71,18 +71,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def ensure_bench_extra(install: bool) -> None:
-    """Import devinterp and TransformerLens, pip-installing the ``bench`` extra if asked."""
+def require_bench_extra() -> None:
+    """Exit 2 with one line when the ``bench`` extra is not installed."""
     missing = [m for m in ("devinterp", "transformer_lens") if importlib.util.find_spec(m) is None]
-    if not missing:
-        return
-    torch_pin = f"torch=={torch.__version__.split('+')[0]}"  # keep this torch build
-    cmd = [sys.executable, "-m", "pip", "install", *BENCH_EXTRA, torch_pin]
-    if not install:
-        sys.exit(f"missing {', '.join(missing)}: run `{' '.join(cmd)}` "
-                 "(or pip install -e '.[bench]')")
-    log(f"installing the bench extra: {' '.join(cmd)}")
-    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    if missing:
+        print(f"vs_devinterp.py: {', '.join(missing)} not installed: run `make bench` "
+              "(installs the bench extra: devinterp==2.0.1, transformer-lens==3.9.0)",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 # ---- the model and its data ------------------------------------------------------------
@@ -135,39 +131,8 @@ def trained_model(steps: int) -> AttentionOnlyTransformer:
     return model.eval()
 
 
-def to_transformer_lens(model: AttentionOnlyTransformer, device: str = "cpu"):
-    """The same function as a TransformerLens ``HookedTransformer`` (attn_only, LN, learned
-    positions added to the residual stream), weights copied from rllc's fused layout."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = model.cfg
-    tl_cfg = HookedTransformerConfig(
-        n_layers=cfg.n_layers, d_model=cfg.d_model, n_ctx=cfg.n_ctx, d_head=cfg.d_head,
-        n_heads=cfg.n_heads, d_vocab=cfg.d_vocab, attn_only=True, normalization_type="LN",
-        positional_embedding_type="standard", act_fn=None, device=device, seed=0,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "HookedTransformer is deprecated" (TL 3.x)
-        tl = HookedTransformer(tl_cfg)
-    state = {"embed.W_E": model.embed.weight, "pos_embed.W_pos": model.pos_embed.weight,
-             "ln_final.w": model.ln_final.weight, "ln_final.b": model.ln_final.bias,
-             "unembed.W_U": model.unembed.weight.T, "unembed.b_U": model.unembed.bias}
-    for layer in range(cfg.n_layers):
-        state[f"blocks.{layer}.ln1.w"] = model.blocks[layer].ln.weight
-        state[f"blocks.{layer}.ln1.b"] = model.blocks[layer].ln.bias
-        for name, tensor in model.head_views(layer).items():
-            state[f"blocks.{layer}.attn.{name}"] = tensor
-    missing, unexpected = tl.load_state_dict(
-        {k: v.detach().clone().contiguous().to(device) for k, v in state.items()}, strict=False)
-    if unexpected or any(not k.endswith((".mask", ".IGNORE")) for k in missing):
-        raise RuntimeError(f"weight mapping incomplete: missing {missing}, extra {unexpected}")
-    return tl
-
-
 def check_same_function(model, tl, tokens: torch.Tensor) -> float:
-    with torch.no_grad():
-        tl_logits = tl(tokens.to(tl.cfg.device), return_type="logits").cpu()
-        diff = float((tl_logits - model.cpu()(tokens)).abs().max())
+    diff = max_logit_diff(model, tl, tokens)
     if diff > 1e-4:
         raise RuntimeError(f"TransformerLens logits differ from rllc's by {diff:.2e} > 1e-4")
     return diff
@@ -259,7 +224,7 @@ def _devinterp_worker(conn, state: dict, tokens: torch.Tensor, tuned: bool,
             tune_cpu()
         model = AttentionOnlyTransformer(PAPER)
         model.load_state_dict(state)
-        tl = to_transformer_lens(model, device)
+        tl = to_hooked_transformer(model, device)
         conn.send(("ready", check_same_function(model, tl, tokens[:4])))
         while (msg := conn.recv()) is not None:
             conn.send(("run", devinterp_run(tl, tokens, *msg, device)))
@@ -368,7 +333,7 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5
 
 
 def agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """CLI.md: a ± SEa and b ± SEb agree when |a − b| ≤ 2·√(SEa² + SEb²)."""
+    """docs/cli.md §7: a ± SEa and b ± SEb agree when |a − b| ≤ 2·√(SEa² + SEb²)."""
     return abs(a[0] - b[0]) <= 2 * math.hypot(a[1], b[1])
 
 
@@ -389,8 +354,6 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=400,
                         help="AdamW steps before sampling (0: random init)")
     parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
-    parser.add_argument("--no-install", action="store_true",
-                        help="fail instead of pip-installing the bench extra")
     parser.add_argument("--independent-batches", action="store_true",
                         help="each chain draws its own minibatches on both sides, so chains "
                         "are independent and the ESS-based standard errors of the agreement "
@@ -406,7 +369,7 @@ def main() -> None:
     if args.precision is None:  # int8 is CPU-only (rllc.models.fastpath)
         args.precision = "int8" if args.device == "cpu" else "bfloat16"
 
-    ensure_bench_extra(not args.no_install)
+    require_bench_extra()
     all_heads = PAPER.head_ids
     draws = FULL_DRAWS if args.full else args.draws
     dev_heads = (all_heads if args.full or args.heads == "all"

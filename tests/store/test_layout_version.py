@@ -79,5 +79,5 @@ def test_a_newer_layout_is_refused_with_what_to_do(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(layout, "LAYOUT_VERSION", layout.LAYOUT_VERSION + 1)
         store.create_sweep("new", GRID, CONFIG)
-    with pytest.raises(LayoutVersionError, match="newer than this rllc's .*upgrade rllc"):
+    with pytest.raises(LayoutVersionError, match=r"newer than this rllc's .*upgrade rllc"):
         open_sweep(store.uri, "new")
