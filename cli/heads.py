@@ -27,7 +27,7 @@ def heads_command(
     """Previous-token, current-token, induction and bracket scores of every head."""
     from rllc.models.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
     from rllc.models.heads import head_scores
-    from rllc.models.uri import exists, join
+    from rllc.store.files import exists, join
 
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must lie in [0, 1], got {threshold}")

@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tokenizers import Tokenizer
 
 from . import synthetic
+from .sampling import windows
 from .text import Split, check_split, code_documents, prose_documents
 from .tokenizer import N_SPECIAL, bracket_ids, encode_documents, fingerprint
+from .user import is_uri, user_dataset
 
 TEXT_SOURCES = ("code", "prose")
 SYNTHETIC_SOURCES = ("induction", "dyck", "ngram")
@@ -97,14 +99,6 @@ def text_stream(name: str, tokenizer: Tokenizer, split: Split, mix: DataMix) -> 
     return _STREAMS[key]
 
 
-def windows(stream: np.ndarray, n: int, n_ctx: int, seed: int) -> np.ndarray:
-    """n windows of n_ctx tokens at seeded uniform offsets of ``stream``. int64[n, n_ctx]."""
-    if stream.size < n_ctx:
-        raise ValueError(f"token stream of {stream.size} tokens is shorter than n_ctx={n_ctx}")
-    starts = np.random.default_rng(seed).integers(0, stream.size - n_ctx + 1, size=n)
-    return stream[starts[:, None] + np.arange(n_ctx)].astype(np.int64)
-
-
 def source_batch(
     name: str,
     tokenizer: Tokenizer,
@@ -177,13 +171,11 @@ def load_dataset(
         arr = mix_batch(mix, tokenizer, n_sequences, n_ctx, split, seed)
     elif name_or_uri in SOURCES:
         arr = source_batch(name_or_uri, tokenizer, n_sequences, n_ctx, split, seed, mix)
+    elif not is_uri(name_or_uri):
+        raise ValueError(
+            f"unknown dataset {name_or_uri!r}; valid names: {', '.join(DATASETS)}, "
+            "or a path / s3:// URI of a text file, .npy or Zarr token array"
+        )
     else:
-        from .user import is_uri, user_dataset
-
-        if not is_uri(name_or_uri):
-            raise ValueError(
-                f"unknown dataset {name_or_uri!r}; valid names: {', '.join(DATASETS)}, "
-                "or a path / s3:// URI of a text file, .npy or Zarr token array"
-            )
         arr = user_dataset(name_or_uri, tokenizer, n_ctx, split, n_sequences, seed)
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))

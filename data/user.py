@@ -1,7 +1,7 @@
 """User corpora by URI: text files, ``.npy`` token arrays and Zarr token arrays.
 
-A URI is a local path (optionally ``file://``) or ``s3://bucket/key`` (endpoint and
-credentials from the usual AWS variables). By form:
+A URI is a local path (optionally ``file://``) or ``s3://bucket/key`` (read through
+``rllc.store.files``: endpoint and credentials from the usual AWS variables). By form:
 
 - ``*.npy``: int array, either a 1-D token stream or 2-D ``[rows, length]``;
 - ``*.zarr`` (or ``zarr://…``): a Zarr array, same shapes as ``.npy``;
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from rllc.models import uri as U
+from rllc.store import files
 
+from .sampling import windows
 from .text import Split, check_split
 from .tokenizer import encode_documents
 
@@ -35,25 +36,32 @@ def is_uri(text: str) -> bool:
     )
 
 
+def _is_zarr(uri: str) -> bool:
+    return uri.startswith("zarr://") or uri.rstrip("/").endswith(".zarr")
+
+
 def _load_array(uri: str) -> np.ndarray:
-    if uri.startswith("zarr://") or uri.rstrip("/").endswith(".zarr"):
+    if _is_zarr(uri):
         import zarr
 
         target = uri.removeprefix("zarr://")
-        opts = None
-        if U.is_s3(target) and os.environ.get("AWS_ENDPOINT_URL"):
-            opts = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
-        if not U.is_s3(target) and not Path(target).exists():
-            raise FileNotFoundError(f"no such Zarr array: {target}")
-        return np.asarray(zarr.open_array(target, mode="r", storage_options=opts)[...])
-    return np.load(io.BytesIO(U.read_bytes(uri)), allow_pickle=False)
+        if not files.is_remote(target):
+            target = files.local_path(target)
+        try:
+            array = zarr.open_array(
+                target, mode="r", storage_options=files.storage_options(target)
+            )
+        except FileNotFoundError as err:  # zarr's ArrayNotFoundError is one
+            raise FileNotFoundError(f"no such Zarr array: {target}") from err
+        return np.asarray(array[...])
+    return np.load(io.BytesIO(files.read_bytes(uri)), allow_pickle=False)
 
 
 def user_tokens(uri: str, tokenizer: Tokenizer, n_ctx: int, split: Split) -> np.ndarray:
     """The split of a user corpus: a 1-D stream, or 2-D rows of exactly n_ctx tokens."""
     split = check_split(split)
     uri = uri.removeprefix("file://")
-    if uri.endswith(".npy") or uri.startswith("zarr://") or uri.rstrip("/").endswith(".zarr"):
+    if uri.endswith(".npy") or _is_zarr(uri):
         arr = _load_array(uri)
         if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(
@@ -70,7 +78,7 @@ def user_tokens(uri: str, tokenizer: Tokenizer, n_ctx: int, split: Split) -> np.
             return arr[is_eval if split == "eval" else ~is_eval].astype(np.int64)
         stream = arr.reshape(-1)
     else:
-        text = U.read_bytes(uri).decode("utf-8", errors="replace")
+        text = files.read_bytes(uri).decode("utf-8", errors="replace")
         stream = encode_documents(tokenizer, [text])
     cut = int(len(stream) * 0.9)
     return (stream[:cut] if split == "train" else stream[cut:]).astype(np.int64)
@@ -80,8 +88,6 @@ def user_dataset(
     uri: str, tokenizer: Tokenizer, n_ctx: int, split: Split, n_sequences: int, seed: int
 ) -> np.ndarray:
     """``n_sequences`` seeded sequences of n_ctx tokens from a user corpus' split."""
-    from .datasets import windows
-
     data = user_tokens(uri, tokenizer, n_ctx, split)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x05E2]))
     if data.ndim == 2:

@@ -27,7 +27,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tokenizers import Tokenizer
 
-from . import uri as U
+from rllc.store import files
+
 from .transformer import AttentionOnlyTransformer, TransformerConfig
 
 FORMAT = "rllc-checkpoint/1"
@@ -56,10 +57,10 @@ def save_checkpoint(
 ) -> str:
     """Write ``RUN/ckpt-{step}`` and return its URI. The weights are written before the
     JSON that vouches for them, so a crash never leaves a config without its file."""
-    ckpt = U.join(run, checkpoint_name(step))
+    ckpt = files.join(run, checkpoint_name(step))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = st_save(state, metadata={"format": FORMAT, "step": str(step)})
-    U.write_bytes(U.join(ckpt, WEIGHTS), weights)
+    files.write_bytes(files.join(ckpt, WEIGHTS), weights)
     meta = {
         "format": FORMAT,
         "step": int(step),
@@ -68,14 +69,14 @@ def save_checkpoint(
         "sha256": _sha256(weights),
         **dict(extra or {}),
     }
-    U.write_bytes(U.join(ckpt, CONFIG), json.dumps(meta).encode())
+    files.write_bytes(files.join(ckpt, CONFIG), json.dumps(meta).encode())
     return ckpt
 
 
 def read_meta(ckpt: str) -> dict[str, Any]:
     """A checkpoint's ``config.json`` (without loading the weights)."""
     try:
-        meta = json.loads(U.read_bytes(U.join(ckpt, CONFIG)))
+        meta = json.loads(files.read_bytes(files.join(ckpt, CONFIG)))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no checkpoint at {ckpt!r} (missing {CONFIG})") from err
     except json.JSONDecodeError as err:
@@ -97,7 +98,7 @@ def load_checkpoint(
     """
     meta = read_meta(ckpt)
     try:
-        weights = U.read_bytes(U.join(ckpt, WEIGHTS))
+        weights = files.read_bytes(files.join(ckpt, WEIGHTS))
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint {ckpt!r}: missing {WEIGHTS}") from err
     digest = _sha256(weights)
@@ -117,8 +118,9 @@ def load_checkpoint(
 
 def list_checkpoints(run: str) -> list[str]:
     """URIs of the run's checkpoints, oldest (lowest step) first."""
-    names = [n for n in U.list_dirs(run) if _CKPT.fullmatch(n)]
-    return [U.join(run, n) for n in sorted(names, key=lambda n: int(_CKPT.fullmatch(n)[1]))]
+    names = [n for n in files.list_dirs(run) if _CKPT.fullmatch(n)]
+    names.sort(key=lambda n: int(_CKPT.fullmatch(n)[1]))
+    return [files.join(run, n) for n in names]
 
 
 def step_of(ckpt: str) -> int:
@@ -143,17 +145,17 @@ def save_optimizer(run: str, step: int, optimizer: torch.optim.Optimizer,
         if "step" in st:
             counts[name] = float(st["step"])
     data = st_save(tensors)
-    U.write_bytes(U.join(run, "resume", "optimizer.safetensors"), data)
+    files.write_bytes(files.join(run, "resume", "optimizer.safetensors"), data)
     state = {"step": int(step), "sha256": _sha256(data), "counts": counts}
-    U.write_bytes(U.join(run, "resume", "state.json"), json.dumps(state).encode())
+    files.write_bytes(files.join(run, "resume", "state.json"), json.dumps(state).encode())
 
 
 def load_optimizer(run: str, step: int, optimizer: torch.optim.Optimizer,
                    names: list[str]) -> bool:
     """Restore moments saved by ``save_optimizer`` at ``step``; False if none match."""
     try:
-        state = json.loads(U.read_bytes(U.join(run, "resume", "state.json")))
-        data = U.read_bytes(U.join(run, "resume", "optimizer.safetensors"))
+        state = json.loads(files.read_bytes(files.join(run, "resume", "state.json")))
+        data = files.read_bytes(files.join(run, "resume", "optimizer.safetensors"))
     except FileNotFoundError:
         return False
     if state.get("step") != step or _sha256(data) != state.get("sha256"):

@@ -3,7 +3,8 @@
 Both are one ``ZarrTraceStore`` over a zarr ``Store`` (``LocalStore`` / ``FsspecStore``);
 only how that store is opened differs. S3 settings come from the usual AWS environment
 (``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_PROFILE``).
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_PROFILE``), read
+by ``rllc.store.files.storage_options`` as for every other S3 access.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zarr
 from zarr.core.group import GroupMetadata
 from zarr.errors import ArrayNotFoundError, GroupNotFoundError, NodeTypeValidationError
 
+from . import files
 from .base import DEFAULT_STORE, TraceStore
 from .errors import StoreError, StoreNotFoundError
 from .layout import GroupLayout
@@ -151,27 +153,12 @@ class S3TraceStore(ZarrTraceStore):
             raise ValueError(f"an S3 store URI looks like s3://bucket/prefix, got {url!r}")
         self.url = url.rstrip("/")
         zstore = zarr.storage.FsspecStore.from_url(
-            self.url, storage_options=s3_options(), read_only=read_only
+            self.url, storage_options=files.storage_options(self.url), read_only=read_only
         )
         super().__init__(self.url, zstore, read_only=read_only)
 
     def with_read_only(self) -> Self:
         return type(self)(self.url, read_only=True)
-
-
-def s3_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """s3fs options from the AWS environment variables (credentials are left to botocore's
-    usual chain, which reads ``AWS_ACCESS_KEY_ID`` etc. itself)."""
-    env = os.environ if env is None else env
-    # No listing cache: another process may add a sweep at any time.
-    opts: dict[str, Any] = {"use_listings_cache": False}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        opts["endpoint_url"] = endpoint
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if region:
-        opts["client_kwargs"] = {"region_name": region}
-    return opts
 
 
 def open_store(

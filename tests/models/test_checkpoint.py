@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 from rllc.data.tokenizer import train_tokenizer
 from rllc.models import AttentionOnlyTransformer, TransformerConfig
-from rllc.models import uri as U
 from rllc.models.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -19,6 +17,7 @@ from rllc.models.checkpoint import (
     save_checkpoint,
     step_of,
 )
+from rllc.store import files
 
 CFG = TransformerConfig(n_layers=1, n_heads=2, d_model=8, d_head=4, n_ctx=8, d_vocab=260)
 
@@ -67,40 +66,21 @@ def test_missing_checkpoint_is_file_not_found(tmp_path):
         load_checkpoint(str(tmp_path / "nope"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def s3(monkeypatch):
-    """A real S3 API on loopback (moto's server), with the usual AWS variables."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    U.reset_client()
-    U._client().create_bucket(Bucket="ckpts")
-    yield "s3://ckpts/runs/demo"
-    U.reset_client()
-    server.stop()
+def s3(s3_bucket):
+    """A run directory on the loopback S3 server (``tests/conftest.py``)."""
+    return f"{s3_bucket}/runs/demo"
 
 
 def test_s3_round_trip_and_tamper(s3, model, tokenizer):
     for step in (10, 2):
         save_checkpoint(s3, step, model, tokenizer)
     ckpts = list_checkpoints(s3)
-    assert ckpts == ["s3://ckpts/runs/demo/ckpt-0000002", "s3://ckpts/runs/demo/ckpt-0000010"]
+    assert ckpts == [f"{s3}/ckpt-0000002", f"{s3}/ckpt-0000010"]
     loaded, _, meta = load_checkpoint(ckpts[1])
     assert _same(loaded, model) and meta["step"] == 10
-    U.write_bytes(ckpts[1] + "/model.safetensors", b"not the weights")
+    files.write_bytes(ckpts[1] + "/model.safetensors", b"not the weights")
     with pytest.raises(CheckpointError, match="modified or corrupted"):
         load_checkpoint(ckpts[1])
     with pytest.raises(FileNotFoundError):
-        load_checkpoint("s3://ckpts/runs/other/ckpt-0000001")
+        load_checkpoint(s3.replace("/demo", "/other") + "/ckpt-0000001")
