@@ -27,8 +27,9 @@ class SGLDConfig(BaseModel):
     preconditioner (G = 1 for plain SGLD, RMSProp's 1/(δ + √V) for pSGLD, Li et al. 2016).
 
     Defaults are the paper's transformer settings (ε = 1e-3, γ = 200, nβ = 30,
-    4 chains × 200 draws, minibatch 32); exact-λ validation on deep linear networks uses
-    nβ = n/log n instead (``nbeta=None``), see ``rllc.estimators.dln``.
+    4 chains × 200 draws, minibatch 32). Exact-λ validation on deep linear networks uses
+    ``rllc.estimators.dln.DLN_SAMPLER`` instead: full batch, nβ = 1000 with n = 10⁶
+    samples (β = 10⁻³, not the theory's 1/log n; that module says why).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -1,5 +1,6 @@
-"""Fixtures shared across test folders: the fused losses' small problem and the kernel
-choice of ``compile=True``."""
+"""Fixtures shared across test folders: the fused losses' small problem, the kernel
+choice of ``compile=True`` and skips where a kernel cannot be built (``cpu_kernel``,
+``cpu_attention_kernel``, ``inductor``)."""
 
 import pytest
 import torch
@@ -23,14 +24,44 @@ def problem():
     return h, w, b, y, weights
 
 
+@pytest.fixture
+def cpu_kernel():
+    """Skip where rllc's CPU softmax kernel (``cpu_kernels.softmax_rows``) is not built."""
+    if not cpu_kernels.available():
+        pytest.skip("rllc's CPU softmax kernel is not built here (no C++ compiler or ninja, "
+                    "a failed build, or RLLC_CPU_KERNELS=0)")
+
+
+@pytest.fixture
+def cpu_attention_kernel():
+    """Skip where rllc's CPU attention kernel (``cpu_kernels.causal_attention``) is not
+    built."""
+    if not cpu_kernels.available("causal_attention"):
+        pytest.skip("rllc's CPU attention kernel is not built here (no C++ compiler or "
+                    "ninja, a failed build, or RLLC_CPU_KERNELS=0)")
+
+
+@pytest.fixture
+def inductor():
+    """Skip where ``torch.compile`` cannot build CPU kernels (``fused_ce.compile_available``:
+    no g++, c++ or clang++ on PATH, or RLLC_COMPILE=0)."""
+    from rllc.kernels.fused_ce import compile_available
+
+    if not compile_available():
+        pytest.skip("torch.compile needs a C++ compiler on the CPU: no g++, c++ or clang++ "
+                    "on PATH, or RLLC_COMPILE=0")
+
+
 @pytest.fixture(params=["cpu kernel", "inductor"])
 def fused_kernel(request, monkeypatch):
     """Which kernel ``compile=True`` takes on the CPU: the hand-written one (the default
-    where it builds) or inductor's (the fallback, and the path on other devices)."""
+    where it builds) or inductor's (the fallback, and the path on other devices). Each
+    skips where it cannot be built."""
     if request.param == "inductor":
+        request.getfixturevalue("inductor")
         monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
     else:
-        assert cpu_kernels.available()
+        request.getfixturevalue("cpu_kernel")
     return request.param
 
 
@@ -50,10 +81,13 @@ def tiny_run(tmp_path_factory) -> str:
 def s3_endpoint():
     """moto's S3 server on loopback, once per session, with the usual AWS variables set
     (before any Ray runtime starts, so its workers inherit them, as on a configured
-    machine). Tests make their own buckets (``s3_bucket``)."""
+    machine). Tests make their own buckets (``s3_bucket``). s3fs' cached filesystems are
+    dropped on entry and exit (``rllc.store.files.reset``), so they read these settings."""
     import logging
 
     from moto.server import ThreadedMotoServer
+
+    from rllc.store import files
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -66,7 +100,9 @@ def s3_endpoint():
                             "AWS_DEFAULT_REGION": "us-east-1"}.items():
             mp.setenv(name, value)
         mp.delenv("AWS_PROFILE", raising=False)
+        files.reset()
         yield endpoint
+    files.reset()
     server.stop()
 
 

@@ -82,9 +82,12 @@ def test_compiled_kernels_equal_eager(problem, fused_kernel, precision):
 
 
 def test_default_chunk_follows_the_kernel(monkeypatch):
+    """The CPU kernel's blocks where it is built (made so here whether or not it can be),
+    inductor's everywhere else."""
     from rllc.kernels.fused_ce import COMPILED_CHUNK, DEFAULT_CHUNK, default_chunk
 
     assert default_chunk(5000, compile=False) == DEFAULT_CHUNK
+    monkeypatch.setattr(cpu_kernels, "available", lambda: True)
     assert default_chunk(5000, compile=True, device="cpu") == (1 << 24) // 5000  # CPU kernel
     assert default_chunk(200_000, compile=True, device="cpu") == COMPILED_CHUNK  # at least
     assert default_chunk(5000, compile=True, device="cuda") == COMPILED_CHUNK  # inductor
@@ -149,27 +152,47 @@ def test_int8_differences_from_the_reference_are_closer_to_exact_than_bfloat16(s
     assert err["int8"] < 2.5e-2 and err["int8"] < err["bfloat16"] / 2.5, err
 
 
-def test_int8_gradients_stay_close_and_the_cpu_kernel_equals_torch(monkeypatch):
+def int8_moved(scale=1e-2):
+    """``int8_problem`` with h = h* + scale·moves and a random upstream gradient."""
     w, b, h_ref, y, moves = int8_problem()
     ref = int8_unembedding(h_ref, int8_weights(w), b)
-    h = (h_ref + 1e-2 * moves).requires_grad_(True)
+    h = (h_ref + scale * moves).requires_grad_(True)
     weights = torch.rand(h.shape[0], generator=torch.Generator().manual_seed(2))
+
+    def int8_loss(x):
+        return int8_linear_cross_entropy(x, w, b, y, ref, chunk=97)
+
+    def exact_loss(x):
+        return linear_cross_entropy(x, w.double(), b.double(), y)
 
     def loss_and_grad(x, f):
         lo = f(x)
         return lo, torch.autograd.grad((lo * weights.to(lo.dtype)).sum(), x)[0]
 
-    fast = loss_and_grad(h, lambda x: int8_linear_cross_entropy(x, w, b, y, ref, chunk=97))
-    exact = loss_and_grad(h.detach().double().requires_grad_(True),
-                          lambda x: linear_cross_entropy(x, w.double(), b.double(), y))
+    return h, int8_loss, exact_loss, loss_and_grad
+
+
+@pytest.mark.parametrize("kernel", ["as built", "torch"])
+def test_int8_gradients_stay_close(monkeypatch, kernel):
+    """With the CPU kernel where it is built (else torch), and with torch's passes."""
+    if kernel == "torch":
+        monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
+    h, int8_loss, exact_loss, loss_and_grad = int8_moved()
+    fast = loss_and_grad(h, int8_loss)
+    exact = loss_and_grad(h.detach().double().requires_grad_(True), exact_loss)
     # the gradient's softmax·W part is bf16 at h* (g*) plus an int8 Δp·W
     assert (fast[1].double() - exact[1]).norm() < 1e-2 * exact[1].norm()
-    if cpu_kernels.available():
-        monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
-        eager = loss_and_grad(h, lambda x: int8_linear_cross_entropy(x, w, b, y, ref, chunk=97))
-        torch.testing.assert_close(fast[0], eager[0], rtol=1e-6, atol=1e-6)
-        # Δp's int8 rounding can fall either side of a tie: one step in a few entries
-        assert (fast[1] - eager[1]).norm() < 1e-3 * eager[1].norm()
+
+
+@pytest.mark.usefixtures("cpu_kernel")
+def test_int8_cpu_kernel_equals_torch(monkeypatch):
+    h, int8_loss, _, loss_and_grad = int8_moved()
+    fast = loss_and_grad(h, int8_loss)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
+    eager = loss_and_grad(h, int8_loss)
+    torch.testing.assert_close(fast[0], eager[0], rtol=1e-6, atol=1e-6)
+    # Δp's int8 rounding can fall either side of a tie: one step in a few entries
+    assert (fast[1] - eager[1]).norm() < 1e-3 * eager[1].norm()
 
 
 def test_int8_loss_refuses_a_reference_of_other_tokens():

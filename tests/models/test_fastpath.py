@@ -98,12 +98,16 @@ def test_rank_k_unembedding_gives_the_same_traces():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("inductor")
 @pytest.mark.parametrize("d_head", [4, 16])  # 16: attention in the CPU kernel
-def test_compiled_fast_path_gives_the_eager_traces(d_head):
+def test_compiled_fast_path_gives_the_eager_traces(d_head, request):
     """``compile=True`` fuses the rows' forward/backward and the loss kernels (and, for the
     head sizes it is built for, attention: ``cpu_kernels.causal_attention``) and, by
     default, takes the rank-k unembedding for last-layer heads: the eager dense path's
-    traces up to float32 reassociation (see the module docstring)."""
+    traces up to float32 reassociation (see the module docstring). Skips without a C++
+    compiler, and d_head = 16 without the CPU attention kernel."""
+    if d_head == 16:
+        request.getfixturevalue("cpu_attention_kernel")
     model, tokens = make(dtype=torch.float32, d_head=d_head)
     step = HeadLayerStep(model, 0, [1], Numerics(compile=True))
     assert step.fm.shape.cpu_attention == (d_head == 16)
