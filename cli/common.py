@@ -1,6 +1,6 @@
 """Shared CLI plumbing: one JSON object on stdout's last line, clean errors, sampler flags.
 
-Conventions (see CLI.md): ``--json`` prints exactly one JSON object as the last line of
+Conventions (docs/cli.md §1): ``--json`` prints exactly one JSON object as the last line of
 stdout; progress and logs go to stderr. Bad input exits 2 with one line on stderr naming
 the field; a run that fails mid-way exits 1. ``--debug`` shows tracebacks.
 """
@@ -106,7 +106,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
-# Sampler flags shared by every sampling command (CLI.md); None = keep the preset's value.
+# Sampler flags shared by every sampling command (docs/cli.md §2); None = keep the preset's value.
 StepSize = Annotated[float | None, typer.Option("--step-size", help="ε, SGLD step size.")]
 Localization = Annotated[float | None, typer.Option("--localization", help="γ, localization.")]
 NBeta = Annotated[float | None, typer.Option("--nbeta", help="nβ, inverse temperature × n.")]

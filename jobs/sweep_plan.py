@@ -12,24 +12,21 @@ time estimate of ``rllc sweep plan`` (a few timed SGLD steps) is ``rllc.jobs.pla
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 
 from rllc.data.datasets import DATASETS
 from rllc.estimators import SelectionError, SGLDConfig
-from rllc.models import uri as U
 from rllc.models.checkpoint import CheckpointError, list_checkpoints, read_meta, step_of
 from rllc.models.components import component_selection, expand_components, parse_component
 from rllc.models.fastpath import takes_fast_path
 from rllc.models.transformer import AttentionOnlyTransformer, TransformerConfig
-from rllc.store import CellKey, SweepGrid
+from rllc.store import CellKey, SweepGrid, files
 
 from .spec import SpecError, SweepSpec
 
@@ -107,23 +104,22 @@ class SweepPlan:
 
 
 def absolute(uri: str) -> str:
-    """Local paths made absolute (Ray workers need not share the driver's cwd)."""
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+    """Local paths (and ``file://`` URIs) made absolute paths (Ray workers need not share
+    the driver's cwd); remote URIs stay as they are."""
+    if files.is_remote(uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(files.local_path(uri)))
 
 
 def _is_checkpoint(uri: str) -> bool:
-    return U.exists(U.join(uri, "config.json"))
+    return files.exists(files.join(uri, "config.json"))
 
 
 def _glob(pattern: str) -> list[str]:
-    if U.is_s3(pattern):
-        base, _, last = pattern.rstrip("/").rpartition("/")
-        if any(c in base for c in _GLOB_CHARS):
-            raise SpecError(
-                "checkpoints", f"in an s3:// URI only the last part may be a glob: {pattern!r}"
-            )
-        return [U.join(base, n) for n in U.list_dirs(base) if fnmatchcase(n, last)]
-    return glob.glob(pattern)
+    try:
+        return files.glob(pattern)
+    except ValueError as err:  # s3://: only the last part may be a glob
+        raise SpecError("checkpoints", str(err)) from None
 
 
 def _step(uri: str) -> int:

@@ -344,7 +344,7 @@ class HeadLayerStep:
         """``max_rows``: at most this many rows per forward/backward pass (default
         ``default_max_rows``, at least one chain of every head)."""
         cfg: TransformerConfig = model.cfg
-        # The rank-k unembedding (FASTPATH §1) applies to the last layer only.
+        # The rank-k unembedding (docs/fastpath.md §1) applies to the last layer only.
         self.lowrank = lowrank and layer == cfg.n_layers - 1
         self.fm = FrozenTransformer(model, loss_numerics(numerics or Numerics(), self.lowrank))
         self.cfg, self.layer, self.heads = cfg, layer, list(heads)

@@ -57,7 +57,7 @@ from .sweep import (
 if TYPE_CHECKING:
     from rllc.estimators import SamplingResult
 
-#: Where ``rllc`` keeps its traces when no store is named (CLI.md).
+#: Where ``rllc`` keeps its traces when no store is named (docs/cli.md §1).
 DEFAULT_STORE = "./rllc-store"
 
 

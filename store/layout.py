@@ -24,7 +24,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 def validate_id(group_id: str, what: str = "sweep id") -> str:
-    """``group_id`` if it is letters, digits, ``-`` and ``_`` (CLI.md), else ``ValueError``."""
+    """``group_id`` if it is letters, digits, ``-`` and ``_`` (docs/cli.md §4), else ``ValueError``."""
     if not isinstance(group_id, str) or not _ID.match(group_id):
         raise ValueError(
             f"{what} must be letters, digits, '-' and '_' (starting with a letter or digit), "

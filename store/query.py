@@ -32,7 +32,7 @@ from .errors import QueryError
 from .sweep import config_from_attrs
 from .zarr_store import open_store
 
-#: Keys of every ``llc_table`` row (CLI.md), then extras.
+#: Keys of every ``llc_table`` row (docs/cli.md §3), then extras.
 ROW_KEYS = (
     "checkpoint",
     "step",
