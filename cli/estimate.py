@@ -31,6 +31,13 @@ from .common import (
 
 app = typer.Typer(help="Estimate one (refined) LLC.", no_args_is_help=True)
 
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="torch CPU threads (default: rllc.kernels.threads' "
+                 "policy: 1 for small problems, else the cores this process may use; "
+                 "RLLC_THREADS or OMP_NUM_THREADS override it).", show_default=False),
+]
+
 
 @app.command("dln")
 @handle_errors
@@ -48,10 +55,14 @@ def dln(
     batch_size: BatchSize = None,
     preconditioner: Precond = None,
     seed: Seed = None,
+    threads: Threads = None,
     as_json: JsonFlag = False,
 ) -> None:
     """LLC of a deep linear network at its trained minimum, beside Aoyagi's exact λ."""
+    from itertools import pairwise
+
     from rllc.estimators.dln import DLN_SAMPLER, DLNProblem, estimate_dln
+    from rllc.kernels.threads import dense_step_flops
 
     try:
         width_list = tuple(int(w) for w in widths.split(","))
@@ -69,8 +80,23 @@ def dln(
         preconditioner=preconditioner, seed=seed,
     )
     config = SGLDConfig.model_validate({**DLN_SAMPLER.model_dump(), **overrides})
+    # The loss comes from sufficient statistics (S_xx is M × M): a step costs about a
+    # forward and backward pass of M inputs per chain, ≈ 2·10⁴ FLOPs for 5,4,5: 1 thread.
+    weights = sum(a * b for a, b in pairwise(width_list))
+    _use_threads(dense_step_flops(weights, width_list[0], config.chains), threads)
     out = estimate_dln(problem, config, progress=not as_json and sys.stderr.isatty())
     emit(out, as_json, _dln_text)
+
+
+def _use_threads(step_flops: float, threads: int | None) -> int:
+    """The thread policy's count for a problem of ``step_flops`` per step, set in torch (a
+    malformed ``RLLC_THREADS`` is an error of input)."""
+    from rllc.kernels.threads import use_threads
+
+    try:
+        return use_threads(step_flops, threads=threads)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _dln_text(out: dict[str, Any]) -> str:
@@ -109,10 +135,7 @@ def model(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: "
-                                 "torch's; 1 is fastest on a busy shared machine).")
-    ] = None,
+    threads: Threads = None,
     precision: Annotated[
         Precision, typer.Option("--precision", help=f"A head's matmul precision: "
                                 f"{PRECISION_HELP}.")
@@ -132,16 +155,13 @@ def model(
     """One (refined) LLC point of a model component on a dataset (no Ray)."""
     import time
 
-    import torch
-
     from rllc.jobs.session import CheckpointSession
     from rllc.jobs.spec import ComputeOptions, DataOptions, SpecError, check_dataset
     from rllc.jobs.sweep_plan import expand_checkpoints
+    from rllc.kernels.threads import dense_step_flops
     from rllc.models.checkpoint import CheckpointError
 
     start = time.perf_counter()
-    if threads is not None:
-        torch.set_num_threads(threads)
     config = SGLDConfig(**sampler_overrides(
         step_size=step_size, localization=localization, nbeta=nbeta, chains=chains,
         draws=draws, burnin=burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
@@ -157,6 +177,9 @@ def model(
         raise UsageError(err.message) from None
     except (CheckpointError, ValueError) as err:
         raise UsageError(str(err)) from None
+    weights = sum(p.numel() for p in session.model.parameters())
+    tokens = min(config.batch_size, sequences) * session.n_ctx
+    _use_threads(dense_step_flops(weights, tokens, config.chains), threads)
     result = session.sample(
         component, dataset, config, progress=not as_json and sys.stderr.isatty()
     )
@@ -169,6 +192,7 @@ def model(
         "sampling_seconds": result.seconds, "num_weights": result.num_weights,
         "nbeta": result.nbeta, "init_loss": result.init_loss,
         "path": result.extra.get("path"), "precision": result.extra.get("precision", Precision.FLOAT32),
+        "threads": result.extra.get("threads"),
         "mala_acceptance": _finite_mean(result.mala_acceptance[:, config.burnin:]),
     }
     emit(out, as_json, _model_text)

@@ -34,7 +34,8 @@ def train_command(
         int | None, typer.Option("--batch-size", help="Override sequences per step.")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Override torch CPU threads.")
+        int | None, typer.Option("--threads", help="torch CPU threads (default: the "
+                                 "thread policy, rllc.kernels.threads).")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -47,7 +47,8 @@ class SamplingResult:
 
     ``loss[chain, draw]`` is L_B(w_t) on the draw's minibatch, taken before the update that
     uses that batch; ``batch_init_loss[chain, draw]`` is L_B(w*) on the same batch (for the
-    paired estimator); ``init_loss`` is L_n(w*).
+    paired estimator); ``init_loss`` is L_n(w*). ``extra`` holds provenance: ``threads``
+    (``torch.get_num_threads()`` when sampling started) and what a specialised sampler adds.
     """
 
     config: SGLDConfig
@@ -235,6 +236,7 @@ def sample(
         init_loss = full_data_loss(objective, frozen, tensors, config)
 
     seeds = [noise_seed(config.seed, c, noise_key) for c in ids]
+    threads = torch.get_num_threads()  # provenance: the CPU threads this run sampled with
     traces, diverged, seconds = run_sgld(
         step, w_star.expand(n_chains, d), next_batch, seeds, config, nbeta, progress
     )
@@ -247,6 +249,7 @@ def sample(
         init_loss=float(init_loss),
         diverged=diverged,
         seconds=seconds,
+        extra={"threads": threads},
         **traces,
     )
 

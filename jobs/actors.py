@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from rllc.estimators import AllChainsDivergedError, SamplingResult
+from rllc.kernels.threads import use_threads
 from rllc.store import CellKey, open_store
 
 from .session import CheckpointSession
@@ -60,8 +61,9 @@ class CheckpointWorker:
 
     def __init__(self, plan: SweepPlan, threads: int | None = None) -> None:
         if threads is not None:
-            # Ray sets OMP_NUM_THREADS from num_cpus, but torch may already have read it.
-            torch.set_num_threads(max(1, threads))
+            # The driver's choose_threads(cores=num_cpus) (rllc.kernels.threads). Ray sets
+            # OMP_NUM_THREADS from num_cpus, but torch may already have read it.
+            use_threads(threads=max(1, threads))
         self.plan = plan
         self.session: CheckpointSession | None = None
         self.store = open_store(plan.store)

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from rllc.kernels.threads import choose_threads
+
 from .session import CheckpointSession
 from .spec import SweepSpec
 from .sweep_plan import SweepPlan, resolve
@@ -43,7 +45,7 @@ def time_plan(plan: SweepPlan, steps: int = 4) -> Timing:
     """Time ``steps`` SGLD steps of each work unit of the first checkpoint, dataset and
     seed, and loading that checkpoint, with the actors' thread count."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(plan.spec.resources.num_cpus)))
+    torch.set_num_threads(choose_threads(cores=plan.spec.resources.num_cpus))  # the actors
     try:
         first = next(plan.grid.cells())
         units = [u for u in plan.units(plan.grid.cells())

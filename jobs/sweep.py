@@ -105,8 +105,12 @@ def actor_options(res: Resources, cluster: dict[str, float]) -> tuple[dict[str, 
     """Ray options of a worker actor, and how many such actors the cluster fits.
 
     ``num_gpus=None`` asks for one GPU per actor when the cluster has any (the actor then
-    samples on CUDA), else none.
+    samples on CUDA), else none. The actor's process gets this process's OpenMP wait
+    policy (``rllc.kernels.threads.wait_policy_env``: passive unless the user set one),
+    which its OpenMP runtime must see before torch loads.
     """
+    from rllc.kernels.threads import wait_policy_env
+
     gpus = res.num_gpus if res.num_gpus is not None else (1.0 if cluster.get("GPU", 0) else 0.0)
     need = {"CPU": res.num_cpus, "GPU": gpus, **res.custom}
     fit = min(math.floor(cluster.get(r, 0.0) / x + 1e-9) for r, x in need.items() if x > 0)
@@ -124,6 +128,8 @@ def actor_options(res: Resources, cluster: dict[str, float]) -> tuple[dict[str, 
         "max_restarts": res.max_restarts,
         # Resubmit a restarted actor's tasks: cells are idempotent.
         "max_task_retries": res.max_restarts,
+        # merged with the job's runtime_env by Ray (these keys win)
+        "runtime_env": {"env_vars": wait_policy_env()},
     }
     return options, fit
 
@@ -176,11 +182,13 @@ class _Driver:
     def __init__(self, plan: SweepPlan, store: TraceStore, todo: list[CellKey], bar) -> None:
         import ray
 
+        from rllc.kernels.threads import choose_threads
+
         self.ray = ray
         self.plan, self.store, self.bar = plan, store, bar
         res = plan.spec.resources
         self.options, fit = actor_options(res, ray.cluster_resources())
-        self.threads = max(1, int(res.num_cpus))
+        self.threads = choose_threads(cores=res.num_cpus)  # as plan_timing times it
         self.queues: dict[str, deque[Unit]] = {}  # checkpoint → its units to run
         for unit in plan.units(todo):
             self.queues.setdefault(unit[0].checkpoint, deque()).append(unit)

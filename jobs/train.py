@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 from rllc.data.datasets import DataMix, load_dataset, mix_batch
 from rllc.data.text import code_documents, prose_documents
 from rllc.data.tokenizer import train_tokenizer
-from rllc.models import uri as U
+from rllc.kernels.threads import dense_step_flops, use_threads
 from rllc.models.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -37,6 +37,7 @@ from rllc.models.checkpoint import (
     step_of,
 )
 from rllc.models.transformer import AttentionOnlyTransformer, TransformerConfig, lm_loss
+from rllc.store import files
 
 
 class TrainConfig(BaseModel):
@@ -82,9 +83,10 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(
         1,
         ge=1,
-        description="torch CPU threads (null: torch's default). One thread is the safe "
-        "choice on a shared machine: OpenMP threads that spin-wait on a busy core run "
-        "several times slower than one thread.",
+        description="torch CPU threads; null: the thread policy of rllc.kernels.threads "
+        "(RLLC_THREADS or OMP_NUM_THREADS if set, else 1 for a model too small to gain "
+        "from more, else the cores this process may use). One thread keeps a run's "
+        "arithmetic the same whatever the machine's core count.",
     )
 
     @field_validator("betas")
@@ -209,10 +211,10 @@ class RunMismatchError(ValueError):
 
 
 def _check_resume(run: str, cfg: TrainConfig) -> None:
-    path = U.join(run, "run.json")
-    if not U.exists(path):
+    path = files.join(run, "run.json")
+    if not files.exists(path):
         return
-    old = json.loads(U.read_bytes(path))["config"]
+    old = json.loads(files.read_bytes(path))["config"]
     free = {"steps", "threads"}  # may change between a run and its resumption
     mine = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in free}
     theirs = {k: v for k, v in old.items() if k not in free}
@@ -230,14 +232,11 @@ def train(
     """Train ``cfg`` into the run directory ``out`` (path or s3://), resuming from its
     newest checkpoint if it has one. Returns the checkpoint URIs, oldest first."""
     start = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     existing = list_checkpoints(out) if resume else []
     if existing:
         _check_resume(out, cfg)
-    U.write_bytes(
-        U.join(out, "run.json"), json.dumps({"config": cfg.model_dump(mode="json")}).encode()
-    )
+    run_json = json.dumps({"config": cfg.model_dump(mode="json")}).encode()
+    files.write_bytes(files.join(out, "run.json"), run_json)
     if existing:
         model, tokenizer, meta = load_checkpoint(existing[-1])
         model.train()
@@ -247,6 +246,9 @@ def train(
         torch.manual_seed(cfg.seed)
         model = AttentionOnlyTransformer(cfg.model)
         first = 0
+    weights = sum(p.numel() for p in model.parameters())
+    use_threads(dense_step_flops(weights, cfg.batch_size * cfg.model.n_ctx),
+                threads=cfg.threads)
     # Matrices (embeddings included) decay, gains and biases do not. `names` follows the
     # optimizer's parameter order (decayed group first) for saving its state by name.
     decay = [(n, p) for n, p in model.named_parameters() if p.ndim >= 2]

@@ -12,6 +12,14 @@ The estimator math (``rllc.estimators``) does not depend on any of it; the trans
 own algebra (``rllc.models``) calls into it.
 """
 
-from .precision import Precision, parse_precision
-
 __all__ = ["Precision", "parse_precision"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that ``rllc.kernels.threads`` imports without torch (it must run before
+    # torch loads OpenMP); ``precision`` imports torch.
+    if name in __all__:
+        from . import precision
+
+        return getattr(precision, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -150,7 +150,8 @@ def sample_heads(
 
     Returns:
         ``{component: SamplingResult}`` in the order given (``"L:*"`` expanded). Each
-        result's ``extra`` has ``path`` ("fast" or "general"); fast results also have
+        result's ``extra`` has ``path`` ("fast" or "general") and ``threads`` (torch's CPU
+        threads when its sampling started); fast results also have
         ``flops_per_step`` (matmul FLOPs of one SGLD step of this head's chains),
         ``batch_heads`` (heads sampled in the same batch) and ``batch_seconds`` (that
         batch's wall time; ``seconds`` is its share, batch_seconds / len(batch_heads)).
@@ -191,7 +192,7 @@ def sample_heads(
 
     def loss_at_w_star(n: Numerics) -> float:
         """L_n(w*) as rows with numerics ``n`` compute losses, once per distinct
-        (precision, unembedding precision) (FASTPATH §5)."""
+        (precision, unembedding precision) (docs/fastpath.md §5)."""
         key = (n.precision, n.unembed_precision)
         if callable(init_loss):
             return float(init_loss(*key))
@@ -310,6 +311,7 @@ def _sample_layer(
                 star[rows] = s
         return grad, loss, star
 
+    threads = torch.get_num_threads()  # provenance: the CPU threads this batch sampled with
     traces, diverged, seconds = run_sgld(
         step, w_star.repeat_interleave(C, dim=0), lambda: stream.next().to(tokens.device),
         seeds, config, nbeta, progress,
@@ -332,7 +334,8 @@ def _sample_layer(
             seconds=seconds / H,
             extra={"path": "fast", "flops_per_step": flops / H,
                    "precision": step_fn.fm.numerics.precision, "lowrank": step_fn.lowrank,
-                   "batch_heads": [f"{layer}:{x}" for x in heads], "batch_seconds": seconds},
+                   "batch_heads": [f"{layer}:{x}" for x in heads], "batch_seconds": seconds,
+                   "threads": threads},
             **{k: v[rows] for k, v in traces.items()},
         )
     return out

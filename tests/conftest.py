@@ -1,11 +1,19 @@
 """Fixtures shared across test folders: the fused losses' small problem, the kernel
 choice of ``compile=True`` and skips where a kernel cannot be built (``cpu_kernel``,
-``cpu_attention_kernel``, ``inductor``)."""
+``cpu_attention_kernel``, ``inductor``).
 
-import pytest
-import torch
+The test process takes rllc's OpenMP wait policy as the CLI does (``rllc.kernels.threads``):
+set before torch loads, since OpenMP reads it once; Ray workers and CLI subprocesses the
+tests start get it too."""
 
-from rllc.kernels import cpu_kernels
+from rllc.kernels.threads import set_wait_policy
+
+set_wait_policy()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rllc.kernels import cpu_kernels  # noqa: E402
 
 #: rows, tokens, d_model, vocabulary of ``problem``
 R, N, D, V = 6, 50, 16, 37
