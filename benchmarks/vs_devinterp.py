@@ -57,6 +57,8 @@ import torch
 
 from rllc.estimators import SGLDConfig, summarize
 from rllc.kernels.cputune import tune_cpu
+from rllc.kernels.precision import HELP as PRECISION_HELP
+from rllc.kernels.precision import Precision
 from rllc.models import AttentionOnlyTransformer, TransformerConfig, lm_loss
 from rllc.models.fastpath import sample_heads
 from rllc.models.transformer_lens import max_logit_diff, to_hooked_transformer
@@ -346,11 +348,9 @@ def main() -> None:
                         help="heads devinterp samples when not --full (≥ one per layer), "
                         "or 'all'")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed repeats")
-    parser.add_argument("--precision", choices=["int8", "bfloat16", "float32"],
-                        help="rllc's matmul precision (int8, the default on a CPU: "
-                        "bfloat16, with layer-0 rows' unembedding as int8 differences from "
-                        "w*; bfloat16, the default elsewhere: bf16 operands, fp32 "
-                        "accumulation; float32: exact)")
+    parser.add_argument("--precision", type=Precision, choices=list(Precision),
+                        help=f"rllc's matmul precision (default: int8 on a CPU, bfloat16 "
+                        f"elsewhere): {PRECISION_HELP}")
     parser.add_argument("--train-steps", type=int, default=400,
                         help="AdamW steps before sampling (0: random init)")
     parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
@@ -366,8 +366,8 @@ def main() -> None:
                         help="where both sides sample (default: cuda when available)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.precision is None:  # int8 is CPU-only (rllc.models.fastpath)
-        args.precision = "int8" if args.device == "cpu" else "bfloat16"
+    if args.precision is None:  # int8 is CPU-only (rllc.kernels.precision)
+        args.precision = Precision.INT8 if args.device == "cpu" else Precision.BFLOAT16
 
     require_bench_extra()
     all_heads = PAPER.head_ids
@@ -378,8 +378,8 @@ def main() -> None:
         sys.exit("--heads needs at least one head of every layer (per-layer step times differ)")
     threads = torch.get_num_threads()
     log(f"{threads} threads; measuring matmul peaks")
-    peaks = {p: matmul_peak(getattr(torch, p), args.device)
-             for p in ("float32", "bfloat16", "int8")}  # int8: torch._int_mm
+    peaks = {p: matmul_peak(getattr(torch, p.value), args.device)
+             for p in Precision}  # int8: torch._int_mm
 
     model = trained_model(args.train_steps)
     tokens = synthetic_tokens(args.samples, seed=2)
