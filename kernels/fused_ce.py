@@ -74,7 +74,9 @@ CPU_KERNEL_BLOCK = 1 << 24
 MATMUL_PRECISIONS = (Precision.FLOAT32, Precision.BFLOAT16)
 
 
-def _matmul_precision(precision: str | Precision) -> Precision:
+def matmul_precision(precision: str | Precision) -> Precision:
+    """``precision`` as one of the dense and rank-k losses takes (float32 or bfloat16); ``ValueError``
+    otherwise (int8 has its own loss, and no rank-k form)."""
     precision = parse_precision(precision)
     if precision not in MATMUL_PRECISIONS:
         raise ValueError(f"precision {precision.value!r} has no form in this loss; use one "
@@ -251,7 +253,7 @@ def linear_cross_entropy(
     elementwise work (module docstring)."""
     if h.dim() != 3:
         raise ValueError(f"h must be [rows, tokens, d_model], got shape {tuple(h.shape)}")
-    precision = _matmul_precision(precision)
+    precision = matmul_precision(precision)
     weight = weight.detach()
     if weight_mm is None:
         weight_mm = weight.to(precision.matmul_dtype(weight.dtype))

@@ -234,9 +234,8 @@ def frozen_data_loss(
     reason = fast_path_reason(model)
     if reason:
         raise FastPathError(f"the head fast path does not apply: {reason}")
-    unembed = None if unembed_precision is None else parse_precision(unembed_precision)
     numerics = replace(_numerics(model, precision, None, None),  # as sample_heads's defaults
-                       unembed=unembed)
+                       unembed=unembed_precision)  # Numerics parses it
     return _frozen_loss(model, tokens.to(next(iter(model.parameters())).device), config,
                         numerics)
 

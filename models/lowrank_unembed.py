@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from rllc.kernels.fused_ce import lowrank_block_kernel, pad_block_tokens
-from rllc.kernels.precision import Precision, parse_precision
+from rllc.kernels.fused_ce import lowrank_block_kernel, matmul_precision, pad_block_tokens
+from rllc.kernels.precision import Precision
 
 
 class _LowRankCrossEntropy(Function):
@@ -130,9 +130,7 @@ def lowrank_cross_entropy(
 
     Differentiable in ``z``, ``mu``, ``sigma`` and ``m``.
     """
-    precision = parse_precision(precision)
-    if precision is Precision.INT8:
-        raise ValueError("the rank-k loss has no int8 form; pass precision.head_terms")
+    precision = matmul_precision(precision)  # int8 rows pass precision.head_terms
     mm_dtype = precision.matmul_dtype(z.dtype)
     return _LowRankCrossEntropy.apply(
         z, mu, sigma, m, resid_star.detach(), u_prime.detach(), c.detach(), zs.detach(),
