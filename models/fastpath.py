@@ -247,15 +247,16 @@ def _frozen_loss(model: AttentionOnlyTransformer, tokens: Tensor, config: SGLDCo
 
 
 class _PrefixCache:
-    """The frozen prefixes of the last few minibatches, keyed by their sample indices (a
-    full-batch run, or chains with their own batches, reuse them across steps)."""
+    """The frozen prefixes of the last few minibatches, keyed by their sample indices
+    ``idx`` [B] (one minibatch) or [C, B] (one per chain, stacked in one prefix); a
+    full-batch run reuses them across steps."""
 
     def __init__(self, build: Callable[[Tensor], LayerPrefix], size: int) -> None:
         self.build, self.size = build, size
-        self.items: OrderedDict[bytes, LayerPrefix] = OrderedDict()
+        self.items: OrderedDict[tuple[tuple[int, ...], bytes], LayerPrefix] = OrderedDict()
 
     def get(self, idx: Tensor, tokens: Tensor) -> LayerPrefix:
-        key = idx.cpu().numpy().tobytes()
+        key = (tuple(idx.shape), idx.cpu().numpy().tobytes())
         if key not in self.items:
             self.items[key] = self.build(tokens[idx])
             if len(self.items) > self.size:
@@ -294,21 +295,15 @@ def _sample_layer(
     nbeta = config.resolve_nbeta(n if num_samples is None else num_samples)
     seeds = [noise_seed(config.seed, c, (layer, h)) for h in heads for c in ids]
     stream = MinibatchStream(n, config, ids)
-    cache = _PrefixCache(step_fn.prefix, size=C if config.independent_batches else 1)
+    cache = _PrefixCache(step_fn.prefix, size=1)
 
     def step(theta: Tensor, idx: Tensor, need_star: bool):
-        if not config.independent_batches:
-            return step_fn(theta, cache.get(idx, tokens), need_star)
-        # chain c's rows (one per head) share chain c's minibatch
-        grad, loss = torch.empty_like(theta), theta.new_empty(theta.shape[0])
-        star = theta.new_empty(theta.shape[0]) if need_star else None
-        for j in range(C):
-            rows = torch.arange(H) * C + j
-            g, lo, s = step_fn(theta[rows], cache.get(idx[j], tokens), need_star)
-            grad[rows], loss[rows] = g, lo
-            if star is not None:
-                star[rows] = s
-        return grad, loss, star
+        # Independent minibatches: idx [C, B], one prefix of the C batches stacked, chain c's
+        # rows (one per head) on batch c, all rows in one pass (docs/fastpath.md §3); chains
+        # that all drew the same batch (a full-batch run) share one.
+        if idx.dim() == 2 and bool((idx == idx[:1]).all()):
+            idx = idx[0]
+        return step_fn(theta, cache.get(idx, tokens), need_star)
 
     threads = torch.get_num_threads()  # provenance: the CPU threads this batch sampled with
     traces, diverged, seconds = run_sgld(
@@ -316,9 +311,8 @@ def _sample_layer(
         seeds, config, nbeta, progress,
     )
     B, T = min(config.batch_size, n), int(tokens.shape[1])
-    groups = C if config.independent_batches else 1
-    flops = groups * sum(step_flops(model.cfg, layer, H * C // groups, H, B, T,
-                                    step_fn.lowrank).values())
+    groups = C if config.independent_batches and n > B else 1  # minibatches per step
+    flops = sum(step_flops(model.cfg, layer, H * C, H, B, T, step_fn.lowrank, groups).values())
     out = {}
     for i, h in enumerate(heads):
         rows = slice(i * C, (i + 1) * C)

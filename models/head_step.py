@@ -3,7 +3,8 @@
 Sampling head (L, h) leaves everything upstream of layer L frozen. Per minibatch
 ``tokens [B, T]`` a ``LayerPrefix`` is computed once, without gradients, and shared by
 every row (all sampled heads of the layer × all chains) and by every step that reuses the
-batch:
+batch (with independent minibatches, one prefix holds the C chains' batches stacked,
+``tokens [C·B, T]``, and chain c's rows read its slice; docs/fastpath.md §3):
 
     resid_L            [B, T, D]   residual stream entering layer L (frozen blocks < L)
     x_qk, x_v          [B, T, D]   LN_L(resid_L + p) and LN_L(resid_L) (shortformer; else equal)
@@ -100,7 +101,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, cpu_kernel: bool) -> Tensor:
 
 @dataclass
 class LayerPrefix:
-    """Frozen quantities of one minibatch, shared by all rows (see module docstring)."""
+    """Frozen quantities of one minibatch, shared by all rows (see module docstring), or of
+    G minibatches of B sequences each, stacked along the batch dim (``groups`` = G; with
+    independent minibatches G = C and chain c's rows read group c: sequences
+    [c·B, (c+1)·B)). Below, B is the stacked G·B."""
 
     tokens: Tensor  # [B, T]
     x_qk: Tensor  # [B·T, D]
@@ -108,8 +112,27 @@ class LayerPrefix:
     resid_next: Tensor  # [B, T, D]  resid_{L+1} at w*
     zs: Tensor  # [H, B, T, k]
     base: Tensor  # [H, B, T, D]
-    star: Tensor | None = None  # L_B(w*), computed on demand
+    star: Tensor | None = None  # L_B(w*) per group [G], computed on demand
     int8_ref: Int8Unembedding | None = None  # the int8 unembedding's w* side, on demand
+    groups: int = 1
+
+    def group_targets(self) -> Tensor:
+        """Next-token targets per group: [G, N] (N = B·(T−1) of one group)."""
+        return targets_of(self.tokens).view(self.groups, -1)
+
+    def select_groups(self, g0: int, g1: int) -> LayerPrefix:
+        """The prefix of groups [g0, g1) (views; ``star`` and ``int8_ref`` sliced too)."""
+        if (g0, g1) == (0, self.groups):
+            return self
+        B, T = self.tokens.shape[0] // self.groups, self.tokens.shape[1]
+        seqs, flat = slice(g0 * B, g1 * B), slice(g0 * B * T, g1 * B * T)
+        ref = self.int8_ref
+        if ref is not None:
+            n = slice(g0 * B * (T - 1), g1 * B * (T - 1))
+            ref = ref._replace(h=ref.h[n], logits=ref.logits[n], p=ref.p[n], g=ref.g[n])
+        return LayerPrefix(self.tokens[seqs], self.x_qk[flat], self.x_v[flat],
+                           self.resid_next[seqs], self.zs[:, seqs], self.base[:, seqs],
+                           None if self.star is None else self.star[g0:g1], ref, g1 - g0)
 
 
 @dataclass(frozen=True)
@@ -176,20 +199,29 @@ def block(x: Tensor, pos_qk: Tensor | None, weights: BlockWeights, shape: Shape)
 
 
 def rows_head_output(theta: Tensor, x_qk: Tensor, x_v: Tensor, B: int, T: int,
-                     cpu_attention: bool) -> tuple[Tensor, Tensor]:
+                     cpu_attention: bool, groups: int = 1) -> tuple[Tensor, Tensor]:
     """Each row's head output z [R, B, T, k] and W_O [R, D, k] from ``theta`` [R, d]
     (flattened as out.weight columns [D, k], qkv.bias rows [3, k], qkv.weight rows
-    [3, k, D]: the general sampler's order) and the shared inputs x_qk, x_v [B·T, D]."""
+    [3, k, D]: the general sampler's order) and the shared inputs x_qk, x_v [B·T, D].
+    With ``groups`` = G > 1 the inputs are G minibatches [G·B·T, D] and the rows (head-major,
+    R = H·G) are one per (head, group): row h·G + g reads group g."""
     R, d = theta.shape
     D = x_qk.shape[-1]
     k = d // (4 * D + 3)  # d = 4·D·k + 3·k
     wo, b, w = theta.split([D * k, 3 * k, 3 * k * D], dim=1)
     wo, b, w = wo.reshape(R, D, k), b.reshape(R, 3, k), w.reshape(R, 3, k, D)
+    G, H = groups, R // groups
 
-    # q, k, v of all rows from the shared inputs: one [B·T, D] × [D, R·k] matmul each
+    # q, k, v of all rows from the shared inputs: one [B·T, D] × [D, R·k] matmul each, or
+    # with G groups one batched [G; B·T, D] × [G; D, H·k] matmul (group g: its H rows)
     def proj(x: Tensor, part: int) -> Tensor:  # → [R, B, T, k]
-        y = x @ w[:, part].reshape(R * k, D).t()  # [B·T, R·k]
-        return (y.view(B, T, R, k) + b[:, part]).permute(2, 0, 1, 3)
+        if G == 1:
+            y = x @ w[:, part].reshape(R * k, D).t()  # [B·T, R·k]
+            return (y.view(B, T, R, k) + b[:, part]).permute(2, 0, 1, 3)
+        wg = w[:, part].reshape(H, G, k, D).permute(1, 3, 0, 2).reshape(G, D, H * k)
+        y = torch.bmm(x.view(G, B * T, D), wg).view(G, B, T, H, k)  # [G, B, T, H, k]
+        y = y + b[:, part].reshape(H, G, k).transpose(0, 1)[:, None, None]
+        return y.permute(3, 0, 1, 2, 4).reshape(R, B, T, k)
 
     z = attention(proj(x_qk, 0), proj(x_qk, 1), proj(x_v, 2), cpu_attention)  # [R, B, T, k]
     return z, wo
@@ -197,15 +229,17 @@ def rows_head_output(theta: Tensor, x_qk: Tensor, x_v: Tensor, B: int, T: int,
 
 def rows_hidden(theta: Tensor, x_qk: Tensor, x_v: Tensor, base: Tensor, pos_qk: Tensor | None,
                 later: tuple[BlockWeights, ...], ln_w: Tensor | None, ln_b: Tensor | None,
-                shape: Shape) -> Tensor:
+                shape: Shape, groups: int = 1) -> Tensor:
     """Final hidden states [R, N = B·(T−1), D] of every row (positions that predict a
     token): head output, ``base_h + z·W_Oᵀ``, the frozen later blocks, the final LN.
-    ``base`` [H, B, T, D]; rows head-major."""
-    H, B, T, D = base.shape
+    ``base`` [H, G·B, T, D] for ``groups`` = G minibatches (``rows_head_output``); rows
+    head-major."""
+    H, GB, T, D = base.shape
+    B = GB // groups
     R = theta.shape[0]
-    z, wo = rows_head_output(theta, x_qk, x_v, B, T, shape.cpu_attention)
+    z, wo = rows_head_output(theta, x_qk, x_v, B, T, shape.cpu_attention, groups)
     contrib = torch.bmm(z.reshape(R, B * T, -1), wo.transpose(1, 2))  # [R, B·T, D]
-    x = (base.view(H, 1, B * T, D) + contrib.view(H, R // H, B * T, D)).view(R * B, T, D)
+    x = (base.view(H, groups, B * T, D) + contrib.view(H, R // H, B * T, D)).view(R * B, T, D)
     for weights in later:
         x = block(x, pos_qk, weights, shape)
     return layer_norm(x[:, :-1], ln_w, ln_b).reshape(R, -1, D)
@@ -213,18 +247,20 @@ def rows_hidden(theta: Tensor, x_qk: Tensor, x_v: Tensor, base: Tensor, pos_qk: 
 
 def rows_lowrank_inputs(
     theta: Tensor, x_qk: Tensor, x_v: Tensor, base: Tensor, u_prime: Tensor, layer_norm: bool,
-    cpu_attention: bool = False,
+    cpu_attention: bool = False, groups: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """What ``lowrank_cross_entropy`` needs of every row of a last-layer head, at the N
     positions that predict a token: z [R, N, k], the mean μ and std σ [R, N] of
     resid(w) = base_h + z·W_Oᵀ (zeros and ones without a final LayerNorm) and
-    M = W_Oᵀ·U′ [R, k, V]. ``base`` [H, B, T, D]; rows head-major."""
-    H, B, T, D = base.shape
+    M = W_Oᵀ·U′ [R, k, V]. ``base`` [H, G·B, T, D] for ``groups`` = G minibatches
+    (``rows_head_output``); rows head-major."""
+    H, GB, T, D = base.shape
+    B = GB // groups
     R = theta.shape[0]
-    z, wo = rows_head_output(theta, x_qk, x_v, B, T, cpu_attention)
+    z, wo = rows_head_output(theta, x_qk, x_v, B, T, cpu_attention, groups)
     z_n = z[:, :, :-1].reshape(R, -1, z.shape[-1])  # [R, N, k]
     if layer_norm:
-        resid = (base[:, None, :, :-1].reshape(H, 1, -1, D)
+        resid = (base.view(H, groups, B, T, D)[:, :, :, :-1].reshape(H, groups, -1, D)
                  + torch.bmm(z_n, wo.transpose(1, 2)).view(H, R // H, -1, D)).view(R, -1, D)
         mu = resid.mean(-1)
         sigma = (resid.var(-1, unbiased=False) + LN_EPS).sqrt()
@@ -284,8 +320,9 @@ class FrozenTransformer:
             return x, pos
         return x + pos, None
 
-    def ce(self, h: Tensor, tokens: Tensor, ref: Int8Unembedding | None = None) -> Tensor:
-        """Per-row mean next-token loss [R] of final hidden states h [R, N, D]. With the
+    def ce(self, h: Tensor, targets: Tensor, ref: Int8Unembedding | None = None) -> Tensor:
+        """Per-row mean next-token loss [R] of final hidden states h [R, N, D] with
+        ``targets`` [N] (shared by all rows; ``targets_of``) or [R, N] (not int8). With the
         int8 unembedding, ``ref`` is w*'s side (``int8_reference``); without one, h is
         [1, N, D] at w* and is its own reference."""
         n = self.numerics
@@ -294,11 +331,11 @@ class FrozenTransformer:
                 if h.shape[0] != 1:
                     raise ValueError("the int8 unembedding of several rows needs a reference")
                 ref = self.int8_reference(h[0])
-            return int8_linear_cross_entropy(h, self.w_unembed, self.b_unembed,
-                                             targets_of(tokens), ref, n.chunk)
-        return linear_cross_entropy(h, self.w_unembed, self.b_unembed, targets_of(tokens),
-                                    n.chunk, precision=n.unembed_precision,
-                                    compile=n.compile, weight_mm=self.w_unembed_mm)
+            return int8_linear_cross_entropy(h, self.w_unembed, self.b_unembed, targets, ref,
+                                             n.chunk)
+        return linear_cross_entropy(h, self.w_unembed, self.b_unembed, targets, n.chunk,
+                                    precision=n.unembed_precision, compile=n.compile,
+                                    weight_mm=self.w_unembed_mm)
 
     @functools.cached_property
     def int8_weights(self) -> Int8Weights:
@@ -320,7 +357,7 @@ class FrozenTransformer:
     def loss_from(self, layer: int, x: Tensor, tokens: Tensor) -> Tensor:
         """Mean next-token loss (scalar) of the residual stream ``x`` [B, T, D] entering
         block ``layer`` (``n_layers``: entering the final LN)."""
-        return self.ce(self.hidden_from(layer, x, tokens), tokens)[0]
+        return self.ce(self.hidden_from(layer, x, tokens), targets_of(tokens))[0]
 
     @torch.no_grad()
     def loss(self, tokens: Tensor) -> Tensor:
@@ -330,7 +367,8 @@ class FrozenTransformer:
 
 class HeadLayerStep:
     """``step(theta[R, d], prefix, need_star)`` for rows = sampled heads × C chains of
-    layer ``layer``, head-major (row r = head ``heads[r // C]``, chain ``r % C``)."""
+    layer ``layer``, head-major (row r = head ``heads[r // C]``, chain ``r % C``), on one
+    minibatch shared by all chains or (``prefix(tokens [C, B, T])``) one per chain."""
 
     def __init__(
         self,
@@ -370,8 +408,12 @@ class HeadLayerStep:
 
     @torch.no_grad()
     def prefix(self, tokens: Tensor) -> LayerPrefix:
-        """Everything of a minibatch ``tokens`` [B, T] that no sampled weight changes."""
+        """Everything of a minibatch ``tokens`` [B, T] that no sampled weight changes; for
+        ``tokens`` [G, B, T], of G minibatches at once (one per chain: independent
+        minibatches), stacked as [G·B, T] (``LayerPrefix.groups``)."""
         cfg, L, fm = self.cfg, self.layer, self.fm
+        groups = tokens.shape[0] if tokens.dim() == 3 else 1
+        tokens = tokens.reshape(-1, tokens.shape[-1])
         B, T = tokens.shape
         H_all, k, D, A = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_attn
         x, pos_qk = fm.embed(tokens)
@@ -398,17 +440,23 @@ class HeadLayerStep:
         zs = z_all[:, self.heads].transpose(0, 1).contiguous()  # [Hs, B, T, k]
         base = resid_next - torch.einsum("hbtk,hdk->hbtd", zs, self.wo_star)  # [Hs, B, T, D]
         return LayerPrefix(tokens, x_qk.reshape(B * T, D), x_v.reshape(B * T, D),
-                           resid_next, zs, base)
+                           resid_next, zs, base, groups=groups)
 
     @torch.no_grad()
     def star_loss(self, pre: LayerPrefix) -> Tensor:
-        """L_B(w*) on the prefix's minibatch (scalar), computed once per prefix."""
+        """L_B(w*) on each of the prefix's minibatches ([G]), computed once per prefix."""
         if pre.star is None:
+            G = pre.groups
             if self.fm.numerics.unembed_precision.behaviour.int8_unembedding:  # rows' own ref
-                ref = self.int8_ref(pre)
-                pre.star = self.fm.ce(ref.h[None], pre.tokens, ref)[0]
+                self.int8_ref(pre)
+                pre.star = torch.stack([
+                    self.fm.ce(part.int8_ref.h[None], targets_of(part.tokens), part.int8_ref)[0]
+                    for part in (pre.select_groups(g, g + 1) for g in range(G))])
             else:
-                pre.star = self.fm.loss_from(self.layer + 1, pre.resid_next, pre.tokens)
+                h = self.fm.hidden_from(self.layer + 1, pre.resid_next, pre.tokens)
+                targets = pre.group_targets()
+                pre.star = self.fm.ce(h.view(G, -1, h.shape[-1]), targets[0] if G == 1
+                                      else targets)
         return pre.star
 
     def int8_ref(self, pre: LayerPrefix) -> Int8Unembedding:
@@ -432,32 +480,52 @@ class HeadLayerStep:
 
     def row_losses(self, theta: Tensor, pre: LayerPrefix) -> Tensor:
         """Per-row L_B [R] at ``theta`` [R, d] (differentiable in theta); rows head-major,
-        the same number of chains C for every head of ``self.heads``."""
+        the same number of chains C for every head of ``self.heads``; with ``pre.groups``
+        = G > 1, G = C and chain c's rows see group c."""
         fm = self.fm
         if self.lowrank:
             return self._lowrank_losses(theta, pre)
         pos_qk = fm.embed(pre.tokens[:1])[1]
+        G = pre.groups
         h = self.hidden(theta, pre.x_qk, pre.x_v, pre.base, pos_qk,
-                        tuple(fm.blocks[self.layer + 1 :]), *fm.ln_final, fm.shape)
-        int8 = fm.numerics.unembed_precision.behaviour.int8_unembedding
-        ref = self.int8_ref(pre) if int8 else None
-        return fm.ce(h, pre.tokens, ref)
+                        tuple(fm.blocks[self.layer + 1 :]), *fm.ln_final, fm.shape, G)
+        targets = pre.group_targets()  # [G, N]
+        if not fm.numerics.unembed_precision.behaviour.int8_unembedding:
+            # G > 1: row h·G + g takes group g's targets
+            return fm.ce(h, targets[0] if G == 1 else targets.repeat(len(self.heads), 1))
+        self.int8_ref(pre)  # one int8 loss per group: its reference holds the group's tokens
+        if G == 1:
+            return fm.ce(h, targets[0], pre.int8_ref)
+        hs = h.view(len(self.heads), G, *h.shape[1:]).unbind(1)  # group g: [H, N, D]
+        return torch.stack([fm.ce(hs[g], targets[g], pre.select_groups(g, g + 1).int8_ref)
+                            for g in range(G)], dim=1).view(-1)
 
     def _lowrank_losses(self, theta: Tensor, pre: LayerPrefix) -> Tensor:
-        H, k, D = len(self.heads), self.cfg.d_head, self.cfg.d_model
+        H, k, D, G = len(self.heads), self.cfg.d_head, self.cfg.d_model, pre.groups
         z_n, mu, sigma, m = self.lowrank_inputs(theta, pre.x_qk, pre.x_v, pre.base,
                                                 self.u_prime, self.cfg.layer_norm,
-                                                self.fm.shape.cpu_attention)
+                                                self.fm.shape.cpu_attention, G)
         n = self.fm.numerics
-        return lowrank_cross_entropy(
-            z_n, mu, sigma, m, pre.resid_next[:, :-1].reshape(-1, D), self.u_prime, self.c,
-            pre.zs[:, :, :-1].reshape(H, -1, k), self.ms, targets_of(pre.tokens),
-            LOWRANK_CHUNK, precision=n.precision.head_terms, compile=n.compile,
-        )
+        # The loss's A = resid*·U′ and targets are shared by its rows: one call per group
+        # (with G > 1 its H rows), the rows' inputs above computed for all groups at once.
+        B = pre.tokens.shape[0] // G
+        resid = pre.resid_next[:, :-1].reshape(G, -1, D)  # [G, N, D]
+        zs = pre.zs.view(H, G, B, -1, k)[:, :, :, :-1].reshape(H, G, -1, k)  # [H, G, N, k]
+        targets = pre.group_targets()
+        inputs = (z_n, mu, sigma, m)
+        per_group = (x.view(H, G, *x.shape[1:]).unbind(1) for x in inputs)
+        groups = [inputs] if G == 1 else list(zip(*per_group, strict=True))  # [H, ...] each
+        losses = [
+            lowrank_cross_entropy(
+                *groups[g], resid[g], self.u_prime, self.c, zs[:, g], self.ms, targets[g],
+                LOWRANK_CHUNK, precision=n.precision.head_terms, compile=n.compile)
+            for g in range(G)
+        ]
+        return losses[0] if G == 1 else torch.stack(losses, dim=1).view(-1)
 
     def default_max_rows(self, tokens: Tensor) -> int:
-        """Rows per pass: PART_NUMBERS / (B·T·D), or rank-k LOWRANK_PART_NUMBERS /
-        (chunk·V)."""
+        """Rows per pass: PART_NUMBERS / (B·T·D) for a row's minibatch ``tokens`` [B, T],
+        or rank-k LOWRANK_PART_NUMBERS / (chunk·V)."""
         if self.lowrank:
             return max(1, LOWRANK_PART_NUMBERS // (LOWRANK_CHUNK * self.cfg.d_vocab))
         return max(1, PART_NUMBERS // max(1, tokens.numel() * self.cfg.d_model))
@@ -465,35 +533,46 @@ class HeadLayerStep:
     def __call__(
         self, theta: Tensor, pre: LayerPrefix, need_star: bool
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(∇L_B [R, d], L_B [R], L_B(w*) [R] or None) for rows sharing ``pre``'s batch:
-        every head of ``self.heads`` × C chains, head-major."""
-        R, H = theta.shape[0], len(self.heads)
+        """(∇L_B [R, d], L_B [R], L_B(w*) [R] or None) for every head of ``self.heads`` ×
+        C chains, head-major: rows sharing ``pre``'s batch, or with ``pre.groups`` = C
+        (independent minibatches) chain c's rows on group c, all in one pass."""
+        R, H, G = theta.shape[0], len(self.heads), pre.groups
         C = R // H
+        if G not in (1, C):
+            raise ValueError(f"a prefix of {G} minibatches for {C} chains (needs 1 or C)")
         grad, loss = torch.empty_like(theta), theta.new_empty(R)
+        if G > 1 and self.fm.numerics.unembed_precision.behaviour.int8_unembedding:
+            self.int8_ref(pre)  # once per prefix; the parts below take slices of it
         # Rows go in parts of whole chains (every head's row of a chain together), so each
         # part stays head-major; by default a part's activations hold about PART_NUMBERS.
-        max_rows = self.max_rows or self.default_max_rows(pre.tokens)
+        max_rows = self.max_rows or self.default_max_rows(pre.tokens[: len(pre.tokens) // G])
         per_part = max(1, max_rows // H)
         for c0 in range(0, C, per_part):
             chains = range(c0, min(C, c0 + per_part))
             rows = torch.tensor([h * C + c for h in range(H) for c in chains])
+            part_pre = pre if G == 1 else pre.select_groups(chains.start, chains.stop)
             t = theta[rows].detach().requires_grad_(True)
             with torch.enable_grad():
-                part_loss = self.row_losses(t, pre)
+                part_loss = self.row_losses(t, part_pre)
                 (part_grad,) = torch.autograd.grad(part_loss.sum(), t)
             grad[rows], loss[rows] = part_grad, part_loss.detach()
-        star = self.star_loss(pre).expand(R) if need_star else None
+        star = None
+        if need_star:  # [G]: rows head-major, row h·C + c on group c (or the one group)
+            star = self.star_loss(pre)
+            star = star.expand(R) if G == 1 else star.repeat(H)
         return grad, loss, star
 
 
 def step_flops(cfg: TransformerConfig, layer: int, rows: int, n_heads: int, batch: int,
-               seq: int, lowrank: bool = False) -> dict[str, float]:
+               seq: int, lowrank: bool = False, groups: int = 1) -> dict[str, float]:
     """Matmul FLOPs (2 per multiply-add) of one ``HeadLayerStep`` call, by part, for
-    ``rows`` (head, chain) rows of ``n_heads`` heads sharing one minibatch [batch, seq].
+    ``rows`` (head, chain) rows of ``n_heads`` heads on ``groups`` minibatches [batch, seq]
+    (1: shared by all rows; independent minibatches: one per chain, rows / groups each).
 
     Counts the work the fast path does, forward and backward, causal attention as half of
     the T×T products (the useful work); elementwise work (softmax, LayerNorm) is not
-    counted. ``prefix`` and ``star`` (L_B(w*)) are shared by all rows."""
+    counted. ``prefix`` and ``star`` (L_B(w*)) are computed once per minibatch and shared
+    by its rows, as is the rank-k loss's A = resid*·U′."""
     D, k, V, H, A = cfg.d_model, cfg.d_head, cfg.d_vocab, cfg.n_heads, cfg.d_attn
     BT, N = batch * seq, batch * (seq - 1)
     pairs = batch * seq * (seq + 1) / 2  # causal (query, key) pairs per head
@@ -508,12 +587,12 @@ def step_flops(cfg: TransformerConfig, layer: int, rows: int, n_heads: int, batc
     # frozen later blocks: forward, and backward to their inputs only
     f["later_blocks"] = R * later * (2 * block_fwd + H * attn_head)
     if lowrank and later == 0:
-        # A = resid*·U′ once (shared by the pass's rows); per row (zs_h | z − zs_h)·
+        # A = resid*·U′ once per minibatch (shared by its rows); per row (zs_h | z − zs_h)·
         # (M − Ms_h; M), ∂(z | μ | σ) and ∂M, and M = W_Oᵀ·U′ forward and backward
-        f["unembed"] = 2 * N * D * V + R * (
+        f["unembed"] = groups * 2 * N * D * V + R * (
             2 * N * V * (2 * k + (k + 2) + k) + 2 * 2 * k * D * V)
     else:
         f["unembed"] = R * 2 * 2 * N * D * V  # logits and ∂h
-    f["prefix"] = layer * block_fwd + block_fwd
-    f["star"] = later * block_fwd + 2 * N * D * V
+    f["prefix"] = groups * (layer * block_fwd + block_fwd)
+    f["star"] = groups * (later * block_fwd + 2 * N * D * V)
     return f

@@ -87,6 +87,98 @@ def test_fast_path_follows_every_sampler_option(extra):
         assert_traces_close(fast[head], general(model, tokens, head, cfg), rtol=1e-6)
 
 
+@pytest.mark.parametrize("max_rows", [None, 3], ids=["one-part", "parts"])
+@pytest.mark.parametrize("lowrank", [False, True], ids=["dense", "rank-k"])
+def test_independent_batches_of_many_heads_equal_general_path(lowrank, max_rows):
+    """With independent minibatches all heads × chains of a layer run as one pass on a
+    prefix of the chains' batches stacked: each (head, chain) row still gets its own
+    chain's batch (and L_B(w*) on it), in one part or in parts of whole chains."""
+    model, tokens = make()
+    cfg = config(independent_batches=True)
+    fast = sample_heads(model, tokens, ["0:*", "1:*"], cfg, lowrank=lowrank, max_rows=max_rows)
+    assert fast["1:0"].extra["lowrank"] == lowrank
+    for head in fast:
+        assert_traces_close(fast[head], general(model, tokens, head, cfg), rtol=1e-6)
+
+
+def test_independent_batches_take_one_pass_per_step(monkeypatch):
+    """Independent minibatches: one prefix (of all chains' batches) and one ``HeadLayerStep``
+    call with every (head, chain) row per SGLD step, not one per chain; chains that all
+    draw the full batch share a prefix of one batch."""
+    calls, built = [], []
+    step_call, build = HeadLayerStep.__call__, HeadLayerStep.prefix
+
+    def counted_call(self, theta, pre, need_star):
+        calls.append((theta.shape[0], pre.groups, pre.tokens.shape[0]))
+        return step_call(self, theta, pre, need_star)
+
+    def counted_prefix(self, tokens):
+        built.append(tuple(tokens.shape))
+        return build(self, tokens)
+
+    monkeypatch.setattr(HeadLayerStep, "__call__", counted_call)
+    monkeypatch.setattr(HeadLayerStep, "prefix", counted_prefix)
+    model, tokens = make()
+    cfg = config(independent_batches=True, chains=3, draws=5, batch_size=4)
+    res = sample_heads(model, tokens, ["0:*"], cfg)
+    assert len(calls) == cfg.total_steps
+    assert set(calls) == {(3 * 3, 3, 3 * 4)}  # 3 heads × 3 chains; 3 batches of 4 stacked
+    assert len(built) == cfg.total_steps and set(built) == {(3, 4, TINY.n_ctx)}
+    assert len(set(res["0:0"].batch_init_loss[:, 0].tolist())) == 3  # chains' own L_B(w*)
+
+    calls.clear(), built.clear()
+    sample_heads(model, tokens, ["0:*"], config(independent_batches=True, chains=3,
+                                                batch_size=100))
+    assert set(calls) == {(9, 1, len(tokens))} and built == [(len(tokens), TINY.n_ctx)]
+
+
+def grouped_against_per_chain(step: HeadLayerStep, tokens: torch.Tensor, chains: int):
+    """One call of ``step`` on a prefix of ``chains`` minibatches (row head·C + c on batch
+    c) and, per chain, a call on that chain's batch alone: ((grad, loss, star), the same
+    assembled from the per-chain calls)."""
+    H = len(step.heads)
+    g = torch.Generator().manual_seed(1)
+    w_star = step.pack_star().repeat_interleave(chains, 0)
+    theta = w_star + 0.05 * torch.randn(w_star.shape, generator=g, dtype=w_star.dtype)
+    idx = torch.randperm(len(tokens), generator=g)[: chains * 6].view(chains, 6)
+    grouped = step(theta, step.prefix(tokens[idx]), need_star=True)
+    alone = [torch.empty_like(x) for x in grouped]
+    for c in range(chains):
+        rows = torch.arange(H) * chains + c
+        for out, part in zip(alone, step(theta[rows], step.prefix(tokens[idx[c]]), True),
+                             strict=True):
+            out[rows] = part
+    return grouped, alone
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("lowrank", [False, True], ids=["dense", "rank-k"])
+def test_one_pass_of_all_chains_batches_equals_a_pass_per_chain(precision, lowrank):
+    """In every precision (bf16 and int8 have no general-path reference) the stacked
+    prefix gives each chain's rows what a pass on that chain's batch alone gives, in one
+    part or in parts of whole chains; L_B(w*) (int8: the reference) per chain."""
+    model, tokens = make(dtype=torch.float32)
+    for max_rows in (None, 4):
+        step = HeadLayerStep(model, 1, [0, 2], Numerics(precision=precision), max_rows,
+                             lowrank=lowrank)
+        grouped, alone = grouped_against_per_chain(step, tokens, chains=3)
+        for a, b, name in zip(grouped, alone, ("grad", "loss", "star"), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        assert not torch.equal(grouped[2][0], grouped[2][1])  # chains' own L_B(w*)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("inductor")
+@pytest.mark.parametrize("lowrank", [False, True], ids=["dense", "rank-k"])
+def test_compiled_one_pass_of_all_chains_batches_equals_a_pass_per_chain(lowrank):
+    """Compiled rows (d_head 16: attention in the CPU kernel where it is built)."""
+    model, tokens = make(dtype=torch.float32, d_head=16)
+    step = HeadLayerStep(model, 1, [0, 1, 2], Numerics(compile=True), lowrank=lowrank)
+    grouped, alone = grouped_against_per_chain(step, tokens, chains=2)
+    for a, b, name in zip(grouped, alone, ("grad", "loss", "star"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_rank_k_unembedding_gives_the_same_traces():
     model, tokens = make()
     cfg = config()
