@@ -112,7 +112,11 @@ Localization = Annotated[float | None, typer.Option("--localization", help="γ, 
 NBeta = Annotated[float | None, typer.Option("--nbeta", help="nβ, inverse temperature × n.")]
 Chains = Annotated[int | None, typer.Option("--chains", help="Number of chains.")]
 Draws = Annotated[int | None, typer.Option("--draws", help="Draws per chain.")]
-Burnin = Annotated[int | None, typer.Option("--burnin", help="Draws left out of the estimate.")]
+Burnin = Annotated[
+    str | None,
+    typer.Option("--burnin", help="Draws left out of the estimate, or auto: chosen from the "
+                 "trace."),
+]
 StepsPerDraw = Annotated[int | None, typer.Option("--steps-per-draw", help="Steps between draws.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Minibatch size.")]
 Precond = Annotated[

@@ -56,6 +56,10 @@ def dln(
     preconditioner: Precond = None,
     seed: Seed = None,
     threads: Threads = None,
+    systematic: Annotated[
+        bool, typer.Option("--systematic/--no-systematic", help="Also sample at ε/2 to measure "
+                           "the step-size bias (llc_systematic); λ̂ is then the ε/2 run's.")
+    ] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """LLC of a deep linear network at its trained minimum, beside Aoyagi's exact λ."""
@@ -84,7 +88,8 @@ def dln(
     # forward and backward pass of M inputs per chain, ≈ 2·10⁴ FLOPs for 5,4,5: 1 thread.
     weights = sum(a * b for a, b in pairwise(width_list))
     _use_threads(dense_step_flops(weights, width_list[0], config.chains), threads)
-    out = estimate_dln(problem, config, progress=not as_json and sys.stderr.isatty())
+    out = estimate_dln(problem, config, systematic=systematic,
+                       progress=not as_json and sys.stderr.isatty())
     emit(out, as_json, _dln_text)
 
 
@@ -103,14 +108,22 @@ def _dln_text(out: dict[str, Any]) -> str:
     rel = out["relative_error"]
     rel_text = "" if rel is None else f"  ({100 * rel:+.1f}% relative error)"
     return (
-        f"estimated λ̂ = {out['llc_mean']:.3f} ± {out['llc_stderr']:.3f} (s.e.), "
-        f"std over chains {out['llc_std']:.3f}\n"
+        f"estimated λ̂ = {out['llc_mean']:.3f} {_uncertainty_text(out)}\n"
         f"exact λ     = {out['true_llc']:.3f}  [{out['case']}, multiplicity "
         f"{out['multiplicity'] or '?'}]{rel_text}\n"
-        f"{out['chains']} chains × {out['draws']} draws, nβ = {out['nbeta']:g}, "
-        f"n = {out['samples']}, diverged chains: {out['diverged_chains']}, "
+        f"{out['chains']} chains × {out['draws']} draws after a burn-in of {out['burnin']}, "
+        f"ε = {out['step_size']:g}, nβ = {out['nbeta']:g}, n = {out['samples']}, "
+        f"diverged chains: {out['diverged_chains']}, "
         f"MALA acceptance {out['mala_acceptance']:.3f}, {out['seconds']:.1f} s"
     )
+
+
+def _uncertainty_text(out: dict[str, Any]) -> str:
+    """"± SE (s.e.) ± sys (systematic) = ± total", or the SE alone where none was measured."""
+    se, sys_ = out["llc_stderr"], out.get("llc_systematic")
+    if sys_ is None:
+        return f"± {se:.3f} (s.e.; systematic not measured)"
+    return f"± {se:.3f} (s.e.) ± {sys_:.3f} (step-size systematic)  = ± {out['llc_total']:.3f}"
 
 
 @app.command("model")
@@ -150,6 +163,11 @@ def model(
     batch_size: BatchSize = None,
     preconditioner: Precond = None,
     seed: Seed = None,
+    systematic: Annotated[
+        bool, typer.Option("--systematic/--no-systematic", help="Also sample at ε/2 (twice "
+                           "the steps) to measure the step-size bias (llc_systematic); λ̂ is "
+                           "then the ε/2 run's.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """One (refined) LLC point of a model component on a dataset (no Ray)."""
@@ -180,20 +198,34 @@ def model(
     weights = sum(p.numel() for p in session.model.parameters())
     tokens = min(config.batch_size, sequences) * session.n_ctx
     _use_threads(dense_step_flops(weights, tokens, config.chains), threads)
-    result = session.sample(
-        component, dataset, config, progress=not as_json and sys.stderr.isatty()
-    )
-    est = result.llc()
+    runs = []
+
+    def run(cfg: SGLDConfig):
+        runs.append(session.sample(component, dataset, cfg,
+                                   progress=not as_json and sys.stderr.isatty()))
+        return runs[-1].llc()
+
+    if systematic:
+        from rllc.estimators.systematic import refine_step
+
+        refined = refine_step(run, config)
+        est, uncertainty = refined.fine, refined.as_dict()
+    else:
+        est = run(config)
+        uncertainty = {"llc_systematic": None, "llc_total": est.llc_stderr}
+    result = runs[-1]
     out = {
         "checkpoint": target, "step": session.step, "component": component,
         "dataset": dataset, "llc_mean": est.llc_mean, "llc_std": est.llc_std,
-        "llc_stderr": est.llc_stderr, "chains": est.chains, "draws": est.draws,
+        "llc_stderr": est.llc_stderr, **uncertainty, "burnin": est.burnin,
+        "llc_stderr_ess": est.llc_stderr_ess, "chains": est.chains, "draws": est.draws,
         "diverged_chains": est.diverged_chains, "seconds": time.perf_counter() - start,
-        "sampling_seconds": result.seconds, "num_weights": result.num_weights,
+        "sampling_seconds": sum(r.seconds for r in runs), "num_weights": result.num_weights,
         "nbeta": result.nbeta, "init_loss": result.init_loss,
         "path": result.extra.get("path"), "precision": result.extra.get("precision", Precision.FLOAT32),
         "threads": result.extra.get("threads"),
-        "mala_acceptance": _finite_mean(result.mala_acceptance[:, config.burnin:]),
+        "step_size": result.config.step_size,
+        "mala_acceptance": _finite_mean(result.mala_acceptance[:, est.burnin:]),
     }
     emit(out, as_json, _model_text)
 
@@ -211,8 +243,9 @@ def _model_text(out: dict[str, Any]) -> str:
     return (
         f"{out['checkpoint']} (step {out['step']}), component {out['component']} "
         f"({out['num_weights']:,} weights), dataset {out['dataset']}\n"
-        f"estimated λ̂ = {out['llc_mean']:.3f} ± {out['llc_stderr']:.3f} (s.e.), "
+        f"estimated λ̂ = {out['llc_mean']:.3f} {_uncertainty_text(out)}, "
         f"std over chains {out['llc_std']:.3f}\n"
-        f"{out['chains']} chains × {out['draws']} draws, nβ = {out['nbeta']:g}, "
+        f"{out['chains']} chains × {out['draws']} draws after a burn-in of {out['burnin']}, "
+        f"ε = {out['step_size']:g}, nβ = {out['nbeta']:g}, "
         f"diverged chains: {out['diverged_chains']}, {out['seconds']:.1f} s"
     )

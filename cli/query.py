@@ -41,8 +41,9 @@ def query(
         str | None, typer.Option("--checkpoint", help="Checkpoint URI, glob or training step.")
     ] = None,
     burnin: Annotated[
-        int | None,
-        typer.Option("--burnin", help="Draws left out (default: the sweep's burn-in)."),
+        str | None,
+        typer.Option("--burnin", help="Draws left out, or auto: chosen again from the pooled "
+                     "trace (default: the burn-in stored with each cell)."),
     ] = None,
     estimator: Annotated[
         str | None, typer.Option("--estimator", help="plain | paired (default: the sweep's).")
@@ -52,6 +53,11 @@ def query(
 ) -> None:
     """LLC per (checkpoint, component, dataset): mean, std and standard error over the
     chains of every done seed, recomputed from the stored loss traces."""
+    if burnin is not None and burnin != "auto":
+        try:
+            burnin = int(burnin)
+        except ValueError:
+            raise UsageError(f"--burnin must be a number of draws or auto, got {burnin!r}") from None
     try:
         ts = open_store(store, read_only=True)
         sweep_id = ts.resolve_sweep(sweep)

@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Preconditioner = Literal["none", "rmsprop"]
+#: Leading draws left out of the estimate, or "auto": chosen from the trace
+#: (``rllc.estimators.burnin``).
+Burnin = int | Literal["auto"]
 LossEstimator = Literal["plain", "paired"]
 
 
@@ -43,7 +46,11 @@ class SGLDConfig(BaseModel):
     )
     chains: int = Field(4, description="Independent chains, run together as one batch.")
     draws: int = Field(200, description="Recorded draws per chain (burn-in included).")
-    burnin: int = Field(0, description="Leading draws left out of the reported estimate.")
+    burnin: Burnin = Field(
+        "auto",
+        description="Leading draws left out of the reported estimate, or auto: chosen "
+        "from the trace (MSER, at most half the draws).",
+    )
     steps_per_draw: int = Field(1, description="SGLD steps between recorded draws.")
     batch_size: int = Field(32, description="Minibatch size; ≥ the dataset size means full batch.")
     preconditioner: Preconditioner = Field("none", description="none (SGLD) or rmsprop (pSGLD).")
@@ -97,8 +104,8 @@ class SGLDConfig(BaseModel):
 
     @field_validator("burnin")
     @classmethod
-    def _burnin(cls, v: int) -> int:
-        if v < 0:
+    def _burnin(cls, v: Burnin) -> Burnin:
+        if v != "auto" and v < 0:
             raise ValueError(f"burnin must be ≥ 0, got {v}")
         return v
 
@@ -125,7 +132,7 @@ class SGLDConfig(BaseModel):
 
     @model_validator(mode="after")
     def _burnin_below_draws(self) -> SGLDConfig:
-        if self.burnin >= self.draws:
+        if self.burnin != "auto" and self.burnin >= self.draws:
             raise ValueError(
                 f"burnin ({self.burnin}) must be smaller than draws ({self.draws}): "
                 "no draw would be left for the estimate"

@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from .config import SGLDConfig
+from .config import Burnin, SGLDConfig
 from .diagnostics import mala_log_acceptance
-from .llc import LLCEstimate, llc_draws_paired, llc_draws_plain, summarize
+from .llc import LLCEstimate, llc_draws_paired, llc_draws_plain, resolve_burnin, summarize
+from .mcse import epoch_draws
 from .selection import WeightSelection, select_all
 
 Batch = tuple[Tensor, ...]
@@ -47,7 +48,9 @@ class SamplingResult:
 
     ``loss[chain, draw]`` is L_B(w_t) on the draw's minibatch, taken before the update that
     uses that batch; ``batch_init_loss[chain, draw]`` is L_B(w*) on the same batch (for the
-    paired estimator); ``init_loss`` is L_n(w*). ``extra`` holds provenance: ``threads``
+    paired estimator); ``init_loss`` is L_n(w*). ``data_rows`` is the number of rows the
+    minibatches were drawn from (default ``n_samples``): with the config it fixes the epoch
+    structure the standard error respects. ``extra`` holds provenance: ``threads``
     (``torch.get_num_threads()`` when sampling started) and what a specialised sampler adds.
     """
 
@@ -65,6 +68,18 @@ class SamplingResult:
     diverged: np.ndarray  # [chain]
     seconds: float
     extra: dict[str, object] = field(default_factory=dict)
+    data_rows: int | None = None
+
+    @property
+    def independent_chains(self) -> bool:
+        """Whether the chains share no randomness: own minibatch streams, or full batch."""
+        return independent_chains(self.config, self.data_rows or self.n_samples)
+
+    @property
+    def epoch(self) -> int | None:
+        """Draws per whole epoch of minibatches (``rllc.estimators.mcse.epoch_draws``)."""
+        cfg = self.config
+        return epoch_draws(self.data_rows or self.n_samples, cfg.batch_size, cfg.steps_per_draw)
 
     def llc_draws(self, estimator: str | None = None) -> np.ndarray:
         """Per-draw contributions to λ̂, ``[chain, draw]``."""
@@ -75,10 +90,21 @@ class SamplingResult:
             return llc_draws_plain(self.loss, self.init_loss, self.nbeta)
         raise ValueError(f"estimator must be 'plain' or 'paired', got {estimator!r}")
 
-    def llc(self, burnin: int | None = None, estimator: str | None = None) -> LLCEstimate:
+    def burnin(self, estimator: str | None = None) -> int:
+        """The config's burn-in in draws (``"auto"`` resolved on this run's trace)."""
+        return resolve_burnin(self.llc_draws(estimator), self.config.burnin, self.diverged,
+                              self.epoch)
+
+    def llc(self, burnin: Burnin | None = None, estimator: str | None = None) -> LLCEstimate:
         """λ̂ over non-diverged chains; burn-in and estimator default to the config's."""
         burnin = self.config.burnin if burnin is None else burnin
-        return summarize(self.llc_draws(estimator), burnin=burnin, diverged=self.diverged)
+        return summarize(self.llc_draws(estimator), burnin=burnin, diverged=self.diverged,
+                         independent=self.independent_chains, epoch=self.epoch)
+
+
+def independent_chains(config: SGLDConfig, data_rows: int) -> bool:
+    """Whether chains of ``config`` over ``data_rows`` rows share no minibatch noise."""
+    return config.independent_batches or config.batch_size >= data_rows
 
 
 class _Batches:
@@ -250,6 +276,7 @@ def sample(
         diverged=diverged,
         seconds=seconds,
         extra={"threads": threads},
+        data_rows=n,
         **traces,
     )
 

@@ -7,8 +7,11 @@
 
 per chain c (``rllc.estimators.llc``), pooled over the chains of every done seed of a
 (checkpoint, component, dataset); diverged chains are left out. ``llc_std`` is the spread
-of the per-chain λ̂_c, ``llc_stderr`` the Monte-Carlo standard error of their mean from the
-effective sample size of all kept draws (as ``rllc estimate`` reports it).
+of the per-chain λ̂_c, ``llc_stderr`` the Monte-Carlo standard error of their mean by batch
+means over whole epochs (``rllc.estimators.mcse``, as ``rllc estimate`` reports it) and
+``llc_stderr_ess`` the ESS-based one. The burn-in of a row is the largest of the burn-ins
+stored with its cells (each chosen from the cell's trace when written), unless the query
+names one: a number, or ``"auto"`` to choose it again from the pooled trace.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from rllc.estimators.config import SGLDConfig
+from rllc.estimators.config import Burnin, SGLDConfig
 from rllc.estimators.llc import (
     AllChainsDivergedError,
     llc_draws_paired,
     llc_draws_plain,
     summarize,
 )
+from rllc.estimators.mcse import epoch_draws
+from rllc.estimators.sampler import independent_chains
 
 from .errors import QueryError
 from .sweep import config_from_attrs
@@ -43,6 +48,7 @@ ROW_KEYS = (
     "llc_stderr",
     "chains",
     "seeds",
+    "burnin",
 )
 
 
@@ -91,7 +97,7 @@ def llc_table(
     component: str | None = None,
     dataset: str | None = None,
     checkpoint: str | None = None,
-    burnin: int | None = None,
+    burnin: Burnin | None = None,
     estimator: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (checkpoint, component, dataset) with at least one done cell.
@@ -99,19 +105,19 @@ def llc_table(
     Args:
         ds: a sweep, from ``open_sweep``.
         component, dataset, checkpoint: filters (see ``select``).
-        burnin: leading draws left out (default: the sweep config's ``burnin``).
+        burnin: leading draws left out, or ``"auto"`` (default: the burn-ins stored with
+            the cells; for sweeps written before they were stored, the config's).
         estimator: ``"plain"`` or ``"paired"`` (default: the sweep config's).
 
     Returns:
         Rows ``{checkpoint, step, component, dataset, llc_mean, llc_std, llc_stderr,
-        chains, seeds, draws, diverged_chains}``; ``llc_*`` are NaN when every chain
-        diverged, and ``chains`` counts the chains used.
+        chains, seeds, burnin, draws, diverged_chains, llc_stderr_ess}``; ``llc_*`` are NaN
+        when every chain diverged, and ``chains`` counts the chains used.
     """
     config = sweep_config(ds)
-    burnin = config.burnin if burnin is None else int(burnin)
     estimator = estimator or config.estimator
     n_draws = ds.sizes["draw"]
-    if not 0 <= burnin < n_draws:
+    if burnin is not None and burnin != "auto" and not 0 <= int(burnin) < n_draws:
         raise QueryError(f"burnin must lie in [0, {n_draws}) for this sweep, got {burnin}")
     if estimator not in ("plain", "paired"):
         raise QueryError(f"estimator must be 'plain' or 'paired', got {estimator!r}")
@@ -123,6 +129,8 @@ def llc_table(
     loss = ds["loss"].values  # [checkpoint, component, dataset, seed, chain, draw]
     base = ds["batch_init_loss" if estimator == "paired" else "init_loss"].values
     nbeta, diverged = ds["nbeta"].values, ds["diverged"].values.astype(bool)
+    n_samples = ds["n_samples"].values
+    stored_burnin = ds["burnin"].values if "burnin" in ds else None  # layout ≥ 3
 
     rows = []
     checkpoints, steps = ds["checkpoint"].values, ds["step"].values
@@ -135,12 +143,18 @@ def llc_table(
             [_cell_draws(loss[c], base[c], nbeta[c], estimator) for c in cells]
         )  # [seed·chain, draw]
         bad = np.concatenate([diverged[c] for c in cells])
+        rows_n = int(n_samples[cells[0]])
+        row_burnin = burnin
+        if row_burnin is None:
+            kept = [int(stored_burnin[c]) for c in cells] if stored_burnin is not None else []
+            row_burnin = max(kept) if kept and min(kept) >= 0 else config.burnin
         row = {
             "checkpoint": str(checkpoints[k]),
             "step": int(steps[k]),
             "component": str(ds["component"].values[h]),
             "dataset": str(ds["dataset"].values[d]),
-            **_summary(draws, burnin, bad),
+            **_summary(draws, row_burnin, bad, independent_chains(config, rows_n),
+                       epoch_draws(rows_n, config.batch_size, config.steps_per_draw)),
             "seeds": int(seeds.size),
         }
         rows.append({key: row[key] for key in ROW_KEYS} | row)
@@ -154,28 +168,35 @@ def _cell_draws(loss: np.ndarray, base: Any, nbeta: float, estimator: str) -> np
     return llc_draws_plain(loss, float(base), float(nbeta))
 
 
-def _summary(draws: np.ndarray, burnin: int, diverged: np.ndarray) -> dict[str, Any]:
+def _summary(draws: np.ndarray, burnin: Burnin, diverged: np.ndarray, independent: bool,
+             epoch: int | None) -> dict[str, Any]:
     """``summarize`` as row fields; NaN estimates (not an error) when all chains diverged."""
     try:
         with warnings.catch_warnings():
             # Diverged chains are reported in the row; no warning per row.
             warnings.simplefilter("ignore", RuntimeWarning)
-            est = summarize(draws, burnin=burnin, diverged=diverged)
+            est = summarize(draws, burnin=burnin, diverged=diverged, independent=independent,
+                            epoch=epoch)
     except AllChainsDivergedError:
         nan = float("nan")
+        kept = 0 if burnin == "auto" else int(burnin)
         return {
             "llc_mean": nan,
             "llc_std": nan,
             "llc_stderr": nan,
             "chains": 0,
-            "draws": draws.shape[1] - burnin,
+            "burnin": kept,
+            "draws": draws.shape[1] - kept,
             "diverged_chains": int(diverged.sum()),
+            "llc_stderr_ess": nan,
         }
     return {
         "llc_mean": est.llc_mean,
         "llc_std": est.llc_std,
         "llc_stderr": est.llc_stderr,
         "chains": est.chains,
+        "burnin": est.burnin,
         "draws": est.draws,
         "diverged_chains": est.diverged_chains,
+        "llc_stderr_ess": est.llc_stderr_ess,
     }

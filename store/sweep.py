@@ -23,7 +23,10 @@ Layout versions (``LAYOUT_VERSION``; it goes up with every change of the layout)
 
 1. the layout above without ``compute`` and ``threads``;
 2. adds the ``compute`` attribute and ``threads[cell…]`` (the CPU threads each cell's
-   sampler ran with, -1 where unknown).
+   sampler ran with, -1 where unknown);
+3. adds ``burnin[cell…]``: the draws each cell's estimate leaves out, as the sampler
+   config's ``burnin`` resolved on the cell's trace when written (``"auto"``:
+   ``rllc.estimators.burnin``); queries use it unless told another burn-in.
 
 A sweep written with an older version is read as it is (queries work; what it lacks is
 absent) and refused for writing with a message that says what to do; a newer one is
@@ -48,7 +51,7 @@ from .layout import ArraySpec, GroupLayout
 if TYPE_CHECKING:
     from rllc.estimators import SamplingResult
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 CELL_DIMS = ("checkpoint", "component", "dataset", "seed")
 TRACES = {
     "loss": "L_B(w_t): minibatch loss at each draw, before the update using that batch",
@@ -66,6 +69,7 @@ CELL_INTS = {
     "num_weights": "number of sampled weights (size of the component)",
     "n_samples": "n, samples in the loss dataset",
     "threads": "CPU threads the cell's sampler ran with (-1: not recorded)",
+    "burnin": "draws left out of the cell's estimate, chosen from its trace when written",
 }
 #: Data variables of a sweep, in the order they are shown.
 SWEEP_VARIABLES = (*TRACES, "diverged", *CELL_FLOATS, *CELL_INTS, "done", "error")
@@ -272,7 +276,12 @@ def cell_values(result: SamplingResult, config: SGLDConfig) -> dict[str, np.ndar
     for name in CELL_FLOATS:
         values[name] = np.asarray(float(getattr(result, name)))
     for name in CELL_INTS:
-        value = result.extra.get(name, -1) if name == "threads" else getattr(result, name)
+        if name == "threads":
+            value = result.extra.get(name, -1)
+        elif name == "burnin":
+            value = result.burnin()
+        else:
+            value = getattr(result, name)
         values[name] = np.asarray(int(value), dtype=np.int64)
     values["error"] = np.asarray("", dtype=object)  # a success clears an earlier failure
     return values

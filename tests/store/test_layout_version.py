@@ -58,6 +58,28 @@ def test_threads_are_recorded_per_cell(tmp_path):
     assert threads.tolist() == [2, -1]
 
 
+def test_burnin_is_chosen_per_cell_when_written_and_used_by_queries(tmp_path):
+    store = open_store(str(tmp_path / "s"))
+    config = CONFIG.model_copy(update={"draws": 64})  # burnin "auto", the default
+    store.create_sweep("demo", GRID, config, compute=COMPUTE)
+    rng = np.random.default_rng(1)
+    climb = np.minimum(np.arange(64) / 16, 1.0)  # the chains rise for 16 draws, then level
+    res = result()
+    res = SamplingResult(**{**res.__dict__, "config": config,
+                            **{k: np.ones((2, 64)) for k in ("batch_init_loss", "distance",
+                                                             "grad_norm", "mala_acceptance")},
+                            "loss": 1.0 + 0.1 * climb + 0.002 * rng.normal(size=(2, 64))})
+    chosen = res.burnin()
+    assert 12 <= chosen <= 32  # the climb is left out, at most half the draws
+    store.write_cell("demo", cell(0), res)
+    assert open_sweep(store.uri, "demo")["burnin"].values.reshape(-1).tolist() == [chosen, -1]
+    (row,) = llc_table(open_sweep(store.uri, "demo"))
+    assert row["burnin"] == chosen and row["draws"] == 64 - chosen
+    assert row["llc_mean"] == pytest.approx(res.llc().llc_mean)
+    (row,) = llc_table(open_sweep(store.uri, "demo"), burnin=0)  # the query can override it
+    assert row["burnin"] == 0 and row["llc_mean"] < res.llc().llc_mean
+
+
 def test_an_older_layout_is_read_as_it_is_and_refused_for_writing(tmp_path, monkeypatch):
     store = open_store(str(tmp_path / "s"))
     with monkeypatch.context() as m:  # a store written by rllc before layout version 2
@@ -70,7 +92,8 @@ def test_an_older_layout_is_read_as_it_is_and_refused_for_writing(tmp_path, monk
                   lambda: fresh.write_failure("old", cell(0), "boom"),
                   lambda: fresh.create_sweep("old", GRID, CONFIG)):
         with pytest.raises(LayoutVersionError,
-                           match=r"layout version 1; this rllc writes version 2.*new sweep name"):
+                           match=rf"layout version 1; this rllc writes version "
+                                 rf"{layout.LAYOUT_VERSION}.*new sweep name"):
             write()
 
 
