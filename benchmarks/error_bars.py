@@ -217,9 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    parts, out = args.part.split(","), {}
+    parts = args.part.split(",")
     start = time.perf_counter()
-    out["window"] = chi2_window(args.replicates)
+    out: dict[str, Any] = {"window": chi2_window(args.replicates), "calibration": None,
+                           "coverage": None, "doubling": None, "minibatch": None,
+                           "seconds": None}
     if "calibration" in parts:
         out["calibration"] = dln_calibration(args.replicates) + head_calibration(
             args.replicates, args.head_draws)
@@ -235,22 +237,22 @@ def main(argv: list[str] | None = None) -> None:
         return
     lo, hi = out["window"]
     print(f"χ² window for median SE / sd at R = {args.replicates}: {lo:.2f}–{hi:.2f}")
-    for row in out.get("calibration", []):
+    for row in out["calibration"] or []:
         print(f"{row['case']:<40} sd {row['sd_over_replicates']:.4f}  median SE "
               f"{row['median_se']:.4f} (ratio {row['ratio']:.2f})  ESS SE "
               f"{row.get('median_se_ess', float('nan')):.4f} (ratio "
               f"{row.get('ratio_ess', float('nan')):.2f})")
-    if "coverage" in out:
+    if out["coverage"]:
         c = out["coverage"]
         print(f"coverage {c['problem']}: {c['covered']}/{c['replicates']} within 2·total; "
               f"median total {100 * c['median_total_relative']:.2f}% of λ̂; mean error "
               f"{c['mean_error']:+.3f} (ε run {c['mean_error_coarse']:+.3f}, Richardson "
               f"{c['mean_error_richardson']:+.3f}); rms {c['rms_error']:.3f} vs Richardson "
               f"{c['rms_error_richardson']:.3f}; {c['median_seconds']:.1f} s per run")
-    for row in out.get("doubling", []):
+    for row in out["doubling"] or []:
         print(f"doubling seed {row['seed']}: {row['llc']:.3f} ± {row['se']:.3f} → "
               f"{row['llc_doubled']:.3f} ({row['shift_in_se']:+.2f} SE)")
-    if "minibatch" in out:
+    if out["minibatch"]:
         m = out["minibatch"]
         print(f"minibatch: plain − paired = {m['mean_plain_minus_paired']:+.4f} ± "
               f"{m['se_of_mean']:.4f} over {m['seeds']} seeds; whole epochs: max "

@@ -57,9 +57,9 @@ class SGLDConfig(BaseModel):
     rmsprop_alpha: float = Field(0.99, description="RMSProp decay of the squared-gradient average.")
     rmsprop_eps: float = Field(1e-1, description="δ, RMSProp's damping added to √V.")
     estimator: LossEstimator = Field(
-        "plain",
-        description="plain: nβ·(mean_t L_B(w_t) − L_n(w*)); paired: nβ·mean_t "
-        "(L_B(w_t) − L_B(w*)) on the same minibatch (lower variance).",
+        "paired",
+        description="paired: nβ·mean_t (L_B(w_t) − L_B(w*)) on the same minibatch (lower "
+        "variance; equal to plain over whole epochs); plain: nβ·(mean_t L_B(w_t) − L_n(w*)).",
     )
     independent_batches: bool = Field(
         False, description="Give each chain its own minibatch stream (uncorrelated chains)."

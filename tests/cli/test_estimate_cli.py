@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 RLLC = [sys.executable, "-m", "rllc.cli.main"]
 
 
@@ -9,9 +11,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*RLLC, *args], capture_output=True, text=True, timeout=300)
 
 
-#: λ̂ − λ of (4, 3, 8), r = 1 with the default DLN sampler: 8.746 ± 0.067 against λ = 8.5
+#: λ̂ − λ of (4, 3, 8), r = 1 with the default DLN sampler: 8.666 ± 0.041 against λ = 8.5
 #: (tests/estimators/test_dln.py's CASES, where it is measured).
-BIAS_4_3_8_R1 = 8.746 - 8.5
+BIAS_4_3_8_R1 = 8.666 - 8.5
 
 
 def test_estimate_dln_json_is_the_last_line_and_near_the_exact_llc():
@@ -31,6 +33,22 @@ def test_estimate_dln_json_is_the_last_line_and_near_the_exact_llc():
     assert 0 < out["llc_stderr"] < 0.3, out  # a real standard error, not 0 or NaN
     expected = out["true_llc"] + BIAS_4_3_8_R1
     assert abs(out["llc_mean"] - expected) <= 4 * out["llc_stderr"], out
+    # the default measures the step-size systematic: λ̂ is the ε/2 run's
+    assert out["burnin"] == 100 and out["step_size"] == 2e-5
+    assert out["llc_systematic"] >= 0
+    assert out["llc_total"] ** 2 == pytest.approx(out["llc_stderr"] ** 2
+                                                  + out["llc_systematic"] ** 2)
+
+
+def test_estimate_dln_without_systematic_and_with_an_automatic_burnin():
+    proc = run("estimate", "dln", "--widths", "3,2,8", "--true-rank", "0", "--draws", "200",
+               "--chains", "4", "--no-systematic", "--burnin", "auto", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["llc_systematic"] is None and out["step_size"] == 4e-5
+    assert 0 <= out["burnin"] <= 100 and out["draws"] == 200 - out["burnin"]
+    proc = run("estimate", "dln", "--widths", "3,2,8", "--true-rank", "0", "--burnin", "x")
+    assert proc.returncode == 2 and "burnin" in proc.stderr, proc.stderr
 
 
 def test_bad_input_exits_2_with_one_line():
