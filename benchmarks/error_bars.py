@@ -19,7 +19,7 @@ Four checks (issue 17), each on independent replicate runs with fixed seeds:
 - ``minibatch``: a linear network with a per-sample loss and minibatches, long runs: plain
   and paired λ̂ agree in expectation, and coincide exactly over whole epochs.
 
-    python benchmarks/error_bars.py [--part calibration,coverage,doubling,minibatch]
+    python benchmarks/error_bars.py [--part calibration|heads,coverage,doubling,minibatch]
                                     [--replicates 16] [--json]
 
 Figures and the commands that produced them: benchmarks/README.md, "Error bars".
@@ -49,6 +49,7 @@ from rllc.estimators.dln import (
     sample_dln,
     sufficient_statistics,
 )
+from rllc.estimators.systematic import halved_step
 
 DLN_WIDTHS, DLN_RANK = (5, 4, 5), 2  # the default problem of `make demo`
 
@@ -80,10 +81,10 @@ def dln_calibration(replicates: int) -> list[dict[str, Any]]:
     student, stats_ = fit_student(problem, x, y), sufficient_statistics(x, y)
     ests = []
     for s in range(replicates):
-        cfg = DLN_SAMPLER.model_copy(update={"seed": s})
+        cfg = halved_step(DLN_SAMPLER).model_copy(update={"seed": s})  # the reported run
         ests.append(sample_dln(student, stats_, cfg, num_samples=problem.samples).llc())
         _log(f"dln calibration {s}: {ests[-1].llc_mean:.3f} ± {ests[-1].llc_stderr:.3f}")
-    return [calibration_row("dln 5,4,5 r2 (ε run)", [e.llc_mean for e in ests],
+    return [calibration_row("dln 5,4,5 r2 (reported ε/2 run)", [e.llc_mean for e in ests],
                             [e.llc_stderr for e in ests], [e.llc_stderr_ess for e in ests])]
 
 
@@ -165,15 +166,24 @@ def dln_doubling(seeds: int) -> list[dict[str, Any]]:
         problem = DLNProblem(widths=DLN_WIDTHS, true_rank=DLN_RANK, seed=s)
         _, x, y = make_data(problem)
         student, stats_ = fit_student(problem, x, y), sufficient_statistics(x, y)
-        base = DLN_SAMPLER.model_copy(update={"seed": s})
-        one = sample_dln(student, stats_, base, num_samples=problem.samples).llc()
+        base = halved_step(DLN_SAMPLER).model_copy(update={"seed": s})  # the reported run
+        first = sample_dln(student, stats_, base, num_samples=problem.samples)
+        one = first.llc()
         two = sample_dln(student, stats_, base.model_copy(update={"draws": 2 * base.draws}),
                          num_samples=problem.samples).llc()
         rows.append({"seed": s, "llc": one.llc_mean, "se": one.llc_stderr,
                      "llc_doubled": two.llc_mean, "se_doubled": two.llc_stderr,
-                     "shift_in_se": (two.llc_mean - one.llc_mean) / one.llc_stderr})
+                     "shift_in_se": (two.llc_mean - one.llc_mean) / one.llc_stderr,
+                     "halves_in_se": halves_in_se(first.llc_draws(), one)})
         _log(f"doubling {s}: {json.dumps(rows[-1])}")
     return rows
+
+
+def halves_in_se(draws: np.ndarray, est) -> float:
+    """(mean of the second half of the kept draws − mean of the first half) / the run's SE."""
+    kept = draws[:, est.burnin:]
+    half = kept.shape[1] // 2
+    return float((kept[:, half:].mean() - kept[:, :half].mean()) / est.llc_stderr)
 
 
 def minibatch_agreement(seeds: int) -> dict[str, Any]:
@@ -222,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {"window": chi2_window(args.replicates), "calibration": None,
                            "coverage": None, "doubling": None, "minibatch": None,
                            "seconds": None}
-    if "calibration" in parts:
-        out["calibration"] = dln_calibration(args.replicates) + head_calibration(
-            args.replicates, args.head_draws)
+    if "calibration" in parts or "heads" in parts:  # "heads": the heads' rows alone
+        out["calibration"] = ([] if "heads" in parts else dln_calibration(args.replicates)) + (
+            head_calibration(args.replicates, args.head_draws))
     if "coverage" in parts:
         out["coverage"] = dln_coverage(args.replicates)
     if "doubling" in parts:
@@ -251,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{c['rms_error_richardson']:.3f}; {c['median_seconds']:.1f} s per run")
     for row in out["doubling"] or []:
         print(f"doubling seed {row['seed']}: {row['llc']:.3f} ± {row['se']:.3f} → "
-              f"{row['llc_doubled']:.3f} ({row['shift_in_se']:+.2f} SE)")
+              f"{row['llc_doubled']:.3f} ({row['shift_in_se']:+.2f} SE); halves differ by "
+              f"{row['halves_in_se']:+.2f} SE")
     if out["minibatch"]:
         m = out["minibatch"]
         print(f"minibatch: plain − paired = {m['mean_plain_minus_paired']:+.4f} ± "

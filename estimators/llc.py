@@ -108,6 +108,7 @@ def summarize(
     *,
     independent: bool = False,
     epoch: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> LLCEstimate:
     """Mean, spread and standard error of λ̂ from per-draw contributions ``[chain, draw]``.
 
@@ -120,6 +121,8 @@ def summarize(
             full-batch loss); only then are their blocks pooled for the SE.
         epoch: draws per whole epoch of minibatches (``mcse.epoch_draws``), so that SE
             blocks and the automatic burn-in align to epochs; None where there is none.
+        groups: ``groups[chain]``, for chains pooled from independent runs (a sweep's
+            seeds): chains that are not independent are averaged within their group only.
     """
     draws = np.asarray(llc_draws, dtype=np.float64)
     if draws.ndim != 2:
@@ -149,7 +152,9 @@ def summarize(
     used = per_chain[~diverged]
     std = float(used.std(ddof=1)) if used.size > 1 else float("nan")
     ess, stderr_ess = ess_stderr(kept)
-    blocked = batch_means_stderr(kept, independent=independent, epoch=epoch)
+    kept_groups = None if groups is None else np.asarray(groups)[~diverged]
+    blocked = batch_means_stderr(kept, independent=independent, epoch=epoch,
+                                 groups=kept_groups)
     return LLCEstimate(
         llc_mean=float(used.mean()),
         llc_std=std,

@@ -28,6 +28,13 @@ ratio at that block size: twice the block of Lee, Drummond & Needs' rule b³ ≥
 too long only makes it noisier (on AR(1) chains with τ ≈ 5 and 800 draws, Lee's block gave
 0.75× the true SE, twice it 0.85×; tests/estimators/test_mcse.py).
 
+**Independent series are replicates too.** Where several independent series are pooled,
+the spread of their means, s(series means)/√(series), is an unbiased estimate of the same
+variance whatever the autocorrelation, but noisy with few series; batch means are precise
+but understate the SE when the autocorrelation time approaches the block length (on the
+linear networks, whose flat directions relax over ≈ 10⁵ steps, pooled batch means gave
+0.63× the spread over 16 replicate runs). The reported SE is the larger of the two.
+
 **Which blocks are pooled** depends on whether the chains are independent:
 
 - independent chains (each its own minibatch stream, or full-batch losses, as the linear
@@ -102,22 +109,36 @@ def choose_block(x: np.ndarray, epoch: int | None = None) -> int:
 
 
 def batch_means_stderr(
-    x: np.ndarray, *, independent: bool, epoch: int | None = None, block: int | None = None
+    x: np.ndarray,
+    *,
+    independent: bool,
+    epoch: int | None = None,
+    block: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> BlockedSE:
     """SE of the mean of ``x[chain, draw]`` by batch means (module docstring); NaN for
-    chains of fewer than ``MIN_BLOCKS`` draws or when fewer than two blocks can be formed."""
+    chains of fewer than ``MIN_BLOCKS`` draws or when fewer than two blocks can be formed.
+
+    Chains that are not ``independent`` are averaged draw by draw before blocking: all of
+    them, or, with ``groups[chain]``, those of each group (e.g. the chains of one seed of
+    a sweep, which share its minibatches, while different seeds are independent); the
+    groups' series are then pooled."""
     x = np.asarray(x, dtype=np.float64)
-    series = x if independent else x.mean(axis=0, keepdims=True)
+    if independent:
+        series = x
+    elif groups is None:
+        series = x.mean(axis=0, keepdims=True)
+    else:
+        groups = np.asarray(groups)
+        series = np.stack([x[groups == g].mean(axis=0) for g in np.unique(groups)])
     b = block or choose_block(series, epoch)
     means = block_means(series, b).ravel()
     if means.size < 2 or x.shape[1] < MIN_BLOCKS:
         return BlockedSE(math.nan, b, int(means.size), independent)
-    return BlockedSE(
-        stderr=float(means.std(ddof=1) / math.sqrt(means.size)),
-        block=b,
-        blocks=int(means.size),
-        pooled=independent,
-    )
+    stderr = float(means.std(ddof=1) / math.sqrt(means.size))
+    if series.shape[0] > 1:  # independent series: their means are replicates too
+        stderr = max(stderr, float(series.mean(axis=1).std(ddof=1) / math.sqrt(series.shape[0])))
+    return BlockedSE(stderr=stderr, block=b, blocks=int(means.size), pooled=independent)
 
 
 def ess_stderr(x: np.ndarray) -> tuple[float, float]:

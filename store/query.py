@@ -143,6 +143,7 @@ def llc_table(
             [_cell_draws(loss[c], base[c], nbeta[c], estimator) for c in cells]
         )  # [seed·chain, draw]
         bad = np.concatenate([diverged[c] for c in cells])
+        seed_of_chain = np.repeat(np.arange(len(cells)), [len(diverged[c]) for c in cells])
         rows_n = int(n_samples[cells[0]])
         row_burnin = burnin
         if row_burnin is None:
@@ -154,7 +155,8 @@ def llc_table(
             "component": str(ds["component"].values[h]),
             "dataset": str(ds["dataset"].values[d]),
             **_summary(draws, row_burnin, bad, independent_chains(config, rows_n),
-                       epoch_draws(rows_n, config.batch_size, config.steps_per_draw)),
+                       epoch_draws(rows_n, config.batch_size, config.steps_per_draw),
+                       seed_of_chain),
             "seeds": int(seeds.size),
         }
         rows.append({key: row[key] for key in ROW_KEYS} | row)
@@ -169,14 +171,14 @@ def _cell_draws(loss: np.ndarray, base: Any, nbeta: float, estimator: str) -> np
 
 
 def _summary(draws: np.ndarray, burnin: Burnin, diverged: np.ndarray, independent: bool,
-             epoch: int | None) -> dict[str, Any]:
+             epoch: int | None, groups: np.ndarray) -> dict[str, Any]:
     """``summarize`` as row fields; NaN estimates (not an error) when all chains diverged."""
     try:
         with warnings.catch_warnings():
             # Diverged chains are reported in the row; no warning per row.
             warnings.simplefilter("ignore", RuntimeWarning)
             est = summarize(draws, burnin=burnin, diverged=diverged, independent=independent,
-                            epoch=epoch)
+                            epoch=epoch, groups=groups)
     except AllChainsDivergedError:
         nan = float("nan")
         kept = 0 if burnin == "auto" else int(burnin)

@@ -15,6 +15,7 @@ import zarr
 from typer.testing import CliRunner
 
 from rllc.estimators import SamplingResult, SGLDConfig
+from rllc.estimators.mcse import batch_means_stderr
 from rllc.store import (
     CELL_DIMS,
     ArraySpec,
@@ -30,7 +31,7 @@ from rllc.store import (
     open_sweep,
 )
 
-CONFIG = SGLDConfig(chains=3, draws=12, burnin=2, nbeta=25.0)
+CONFIG = SGLDConfig(chains=3, draws=12, burnin=2, nbeta=25.0, estimator="plain")
 GRID = SweepGrid(
     checkpoints=("runs/a/ckpt-100", "runs/a/ckpt-2000"),
     steps=(100, 2000),
@@ -338,9 +339,13 @@ class StoreTests:
                 assert row["checkpoint"] == GRID.checkpoints[0] and row["step"] == 100
                 assert row["llc_mean"] == pytest.approx(per_chain.mean(), rel=1e-12)
                 assert row["llc_std"] == pytest.approx(per_chain.std(ddof=1), rel=1e-12)
-                # the MCSE of the kept draws' mean (seed 1's chain 0 and the burn-in left
-                # out, both seeds pooled), by this file's own ESS
-                assert row["llc_stderr"] == pytest.approx(mcse_of_mean(draws), rel=1e-9)
+                # the ESS diagnostic: the MCSE of the kept draws' mean (seed 1's chain 0 and
+                # the burn-in left out, both seeds pooled), by this file's own ESS
+                assert row["llc_stderr_ess"] == pytest.approx(mcse_of_mean(draws), rel=1e-9)
+                # the SE: batch means of each seed's chain mean (its chains share batches)
+                seed_means = [draws[:3].mean(axis=0), draws[3:].mean(axis=0)]
+                blocked = batch_means_stderr(np.stack(seed_means), independent=True)
+                assert row["llc_stderr"] == pytest.approx(blocked.stderr, rel=1e-9)
 
     def test_query_stderr_of_autocorrelated_draws_is_the_exact_one(self, store, uri):
         """Cells whose λ̂ draws are AR(1) chains (φ = 0.8, 2 seeds × 4 chains × 5000
@@ -349,7 +354,9 @@ class StoreTests:
         own spread here is ≈ 3% (over 200 simulated sets of chains, ArviZ's and this
         file's estimate alike)."""
         phi, nbeta = 0.8, 25.0
-        config = SGLDConfig(chains=4, draws=5000, nbeta=nbeta)
+        # independent chains (as these AR(1) chains are): their blocks are pooled
+        config = SGLDConfig(chains=4, draws=5000, nbeta=nbeta, estimator="plain",
+                            independent_batches=True)
         grid = SweepGrid(checkpoints=("runs/a/ckpt-1",), steps=(1,), components=("0:1",),
                          datasets=("train",), seeds=(0, 1))
         store.create_sweep("ar1", grid, config, {"name": "ar1"})
