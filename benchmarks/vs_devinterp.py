@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from rllc.estimators import SGLDConfig, summarize
+from rllc.estimators.mcse import epoch_draws
 from rllc.kernels.cputune import tune_cpu
 from rllc.kernels.precision import HELP as PRECISION_HELP
 from rllc.kernels.precision import Precision
@@ -133,6 +134,22 @@ def trained_model(steps: int) -> AttentionOnlyTransformer:
     return model.eval()
 
 
+def default_precision(device: str) -> Precision:
+    """rllc's precision when none is asked for: bfloat16 off the CPU; on a CPU int8 where it
+    has bf16 dot products (AVX-512 BF16 or AMX, /proc/cpuinfo), else float32. Without them
+    torch's bf16 and int8 matmuls fall back to scalar loops: 0.4 GFLOP/s against 46 for
+    fp32 on an AVX2-only EPYC (a 2048³ ``torch.mm``)."""
+    if device != "cpu":
+        return Precision.BFLOAT16
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return Precision.INT8 if {"avx512_bf16", "amx_bf16"} & set(flags) else Precision.FLOAT32
+
+
 def check_same_function(model, tl, tokens: torch.Tensor) -> float:
     diff = max_logit_diff(model, tl, tokens)
     if diff > 1e-4:
@@ -154,11 +171,17 @@ class Run:
     llc: dict[str, tuple[float, float]]  # head → (λ̂, standard error)
     flops_per_step: dict[int, float] | None = None  # rllc: per (head, chain) step
     paired: dict[str, tuple[float, float]] | None = None  # rllc: the paired estimator's
+    # devinterp: per-draw plain contributions nβ·(L_B(w_t) − L(w*)) [chain, draw] per head
+    traces: dict[str, np.ndarray] | None = None
+    results: dict | None = None  # rllc: sample_heads's SamplingResult per head
 
 
 def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdir: str,
-                  independent: bool, device: str) -> Run:
-    """devinterp's ``llc`` once per head (its chains run one after another)."""
+                  independent: bool, device: str, batch_size: int = BATCH,
+                  seed: int = 100, init_batches: int = INIT_BATCHES) -> Run:
+    """devinterp's ``llc`` once per head (its chains run one after another); ``seed`` is
+    devinterp's ``init_seed`` (chain c: ``seed + c``; default devinterp's), L(w*) from
+    ``init_batches`` batches per chain."""
     from datasets import Dataset
     from devinterp.slt import sampling
     from devinterp.slt.llc import llc
@@ -186,7 +209,9 @@ def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdi
 
     dataset = Dataset.from_dict({"input_ids": tokens.numpy()}).with_format("torch")
     per_step: dict[int, list[float]] = {}
-    fixed, estimates = [], {}
+    fixed, estimates, traces = [], {}, {}
+    # draws per whole epoch, for the SE's blocks and the burn-in (as SamplingResult.epoch)
+    epoch = epoch_draws(len(tokens), batch_size, 1)
     sampling.sample_single_chain = timed_chain
     try:
         start_all = time.perf_counter()
@@ -199,13 +224,14 @@ def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdi
                 warnings.simplefilter("ignore")
                 res = llc(tl, dataset, {}, lr=EPS, n_beta=NBETA, localization=GAMMA,
                           param_masks=create_param_masks(tl, f"l{layer}h{h}"),
-                          num_chains=CHAINS, num_draws=draws, batch_size=BATCH,
-                          num_init_loss_batches=INIT_BATCHES, output_path=out,
+                          num_chains=CHAINS, num_draws=draws, batch_size=batch_size,
+                          num_init_loss_batches=init_batches, output_path=out,
                           match_sampling_input_ids_across_chains=not independent,
-                          device=device)
+                          init_seed=seed, device=device)
             seconds = time.perf_counter() - start
             trace = np.asarray(res.loss_trace.values, dtype=np.float64)  # [chain, step]
-            est = summarize(NBETA * (trace - float(res.init_loss)))
+            traces[head] = NBETA * (trace - float(res.init_loss))
+            est = summarize(traces[head], independent=independent, epoch=epoch)
             estimates[head] = (est.llc_mean, est.llc_stderr)
             shutil.rmtree(out, ignore_errors=True)  # devinterp never deletes its Zarr store
             step = steady["s"] / max(1, steady["n"])
@@ -215,7 +241,7 @@ def devinterp_run(tl, tokens: torch.Tensor, heads: list[str], draws: int, workdi
     finally:
         sampling.sample_single_chain = original
     return Run(total, {k: statistics.mean(v) for k, v in per_step.items()},
-               statistics.mean(fixed), estimates)
+               statistics.mean(fixed), estimates, traces=traces)
 
 
 def _devinterp_worker(conn, state: dict, tokens: torch.Tensor, tuned: bool,
@@ -229,7 +255,8 @@ def _devinterp_worker(conn, state: dict, tokens: torch.Tensor, tuned: bool,
         tl = to_hooked_transformer(model, device)
         conn.send(("ready", check_same_function(model, tl, tokens[:4])))
         while (msg := conn.recv()) is not None:
-            conn.send(("run", devinterp_run(tl, tokens, *msg, device)))
+            args, kwargs = msg
+            conn.send(("run", devinterp_run(tl, tokens, *args, device, **kwargs)))
     except Exception:  # report to the parent instead of dying silently
         import traceback
 
@@ -261,8 +288,11 @@ class DevinterpProcess:
         assert tag == kind, tag
         return value
 
-    def run(self, heads: list[str], draws: int, workdir: str, independent: bool) -> Run:
-        self.conn.send((heads, draws, workdir, independent))
+    def run(self, heads: list[str], draws: int, workdir: str, independent: bool,
+            **kwargs) -> Run:
+        """``devinterp_run`` in the child (``kwargs``: its ``batch_size``, ``seed``,
+        ``init_batches``)."""
+        self.conn.send(((heads, draws, workdir, independent), kwargs))
         return self._receive("run")
 
     def close(self) -> None:
@@ -271,11 +301,12 @@ class DevinterpProcess:
 
 
 def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precision: str,
-             independent: bool) -> Run:
+             independent: bool, batch_size: int = BATCH, seed: int = 0,
+             init_batches: int = INIT_BATCHES) -> Run:
     """rllc's ``sample_heads``: L(w*) once, then each layer's heads × chains as one batch."""
     cfg = SGLDConfig(step_size=EPS, localization=GAMMA, nbeta=NBETA, chains=CHAINS,
-                     draws=draws, batch_size=BATCH, init_loss_batches=INIT_BATCHES,
-                     independent_batches=independent)
+                     draws=draws, batch_size=batch_size, init_loss_batches=init_batches,
+                     independent_batches=independent, seed=seed)
     runs: list[list[float]] = []  # when each SGLD step ended, per layer run
 
     def stamp(step: int, total: int) -> None:
@@ -300,10 +331,10 @@ def rllc_run(model, tokens: torch.Tensor, heads: list[str], draws: int, precisio
     fixed = total - sum(s * draws for s, _, _ in batches.values())
     estimates, paired = {}, {}
     for h, r in results.items():
-        plain, pair = r.llc(), r.llc(estimator="paired")
+        plain, pair = r.llc(estimator="plain"), r.llc(estimator="paired")
         estimates[h], paired[h] = (plain.llc_mean, plain.llc_stderr), (pair.llc_mean,
                                                                       pair.llc_stderr)
-    return Run(total, step_s, fixed, estimates, flops, paired)
+    return Run(total, step_s, fixed, estimates, flops, paired, results=results)
 
 
 def full_point_seconds(run: Run, heads_per_layer: int, per_head_fixed: bool) -> float:
@@ -349,8 +380,9 @@ def main() -> None:
                         "or 'all'")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed repeats")
     parser.add_argument("--precision", type=Precision, choices=list(Precision),
-                        help=f"rllc's matmul precision (default: int8 on a CPU, bfloat16 "
-                        f"elsewhere): {PRECISION_HELP}")
+                        help=f"rllc's matmul precision (default: int8 on a CPU with bf16 "
+                        f"dot products, float32 on other CPUs, bfloat16 elsewhere): "
+                        f"{PRECISION_HELP}")
     parser.add_argument("--train-steps", type=int, default=400,
                         help="AdamW steps before sampling (0: random init)")
     parser.add_argument("--samples", type=int, default=512, help="sequences in the dataset")
@@ -367,7 +399,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.precision is None:  # int8 is CPU-only (rllc.kernels.precision)
-        args.precision = Precision.INT8 if args.device == "cpu" else Precision.BFLOAT16
+        args.precision = default_precision(args.device)
 
     require_bench_extra()
     all_heads = PAPER.head_ids

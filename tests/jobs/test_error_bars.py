@@ -4,7 +4,7 @@ R = 16 replicate runs per head, differing only in the sampler seed (so also in t
 minibatches). If the reported SE is exact, (R−1)·s²/σ² ~ χ²₁₅ for the sd s over the
 replicates, so median SE / s lies in [√(15/χ²₁₅,₀.₉₉₅), √(15/χ²₁₅,₀.₀₀₅)] = [0.65, 1.71]
 with probability 99%: that window is the bound, not a tuned margin. The paper's setting
-(ε 1e-3, γ 200, nβ 30, 4 chains, batch 32; 120 draws to keep it short) on 128 sequences, so an epoch is 4
+(ε 1e-3, γ 200, nβ 30, 4 chains × 200 draws, batch 32) on 128 sequences, so an epoch is 4
 draws; the model is ``rllc train --quick`` (2 × 2 heads, 60 steps), and the two heads of
 layer 1 run as one batch. benchmarks/error_bars.py runs the same with the ESS SE beside.
 """
@@ -21,7 +21,7 @@ from rllc.jobs.spec import DataOptions
 
 R = 16
 HEADS = ["1:0", "1:1"]
-SEQUENCES, EPOCH, DRAWS = 128, 4, 120
+SEQUENCES, EPOCH, DRAWS = 128, 4, 200
 
 
 def window(replicates: int = R) -> tuple[float, float]:
@@ -70,7 +70,7 @@ def test_standard_error_matches_the_spread_over_replicates(replicates, independe
 def test_plain_and_paired_agree_and_coincide_over_whole_epochs(replicates):
     """Paired and plain estimate the same λ: their difference averages to 0 over the
     replicates (within 3 SE of its mean). Kept draws that are whole epochs (the automatic
-    burn-in ends on an epoch boundary, 120 draws are 30 epochs, and with shared batches
+    burn-in ends on an epoch boundary, 200 draws are 50 epochs, and with shared batches
     all chains see the same epochs) make them coincide: nβ·(mean L_B(w*) − L_n(w*)) = 0."""
     for head, runs in replicates[True].items():
         diffs = [r.llc(estimator="plain").llc_mean - r.llc(estimator="paired").llc_mean
