@@ -173,6 +173,7 @@ def model(
     """One (refined) LLC point of a model component on a dataset (no Ray)."""
     import time
 
+    from rllc.estimators.systematic import uncertainty
     from rllc.jobs.session import CheckpointSession
     from rllc.jobs.spec import ComputeOptions, DataOptions, SpecError, check_dataset
     from rllc.jobs.sweep_plan import expand_checkpoints
@@ -205,19 +206,12 @@ def model(
                                    progress=not as_json and sys.stderr.isatty()))
         return runs[-1].llc()
 
-    if systematic:
-        from rllc.estimators.systematic import refine_step
-
-        refined = refine_step(run, config)
-        est, uncertainty = refined.fine, refined.as_dict()
-    else:
-        est = run(config)
-        uncertainty = {"llc_systematic": None, "llc_total": est.llc_stderr}
+    est, errors = uncertainty(run, config, systematic)
     result = runs[-1]
     out = {
         "checkpoint": target, "step": session.step, "component": component,
         "dataset": dataset, "llc_mean": est.llc_mean, "llc_std": est.llc_std,
-        "llc_stderr": est.llc_stderr, **uncertainty, "burnin": est.burnin,
+        "llc_stderr": est.llc_stderr, **errors, "burnin": est.burnin,
         "llc_stderr_ess": est.llc_stderr_ess, "chains": est.chains, "draws": est.draws,
         "diverged_chains": est.diverged_chains, "seconds": time.perf_counter() - start,
         "sampling_seconds": sum(r.seconds for r in runs), "num_weights": result.num_weights,

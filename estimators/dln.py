@@ -26,7 +26,7 @@ from .llc import LLCEstimate
 from .oracles import ExactLC, dln_lc, rrr_lc
 from .sampler import Objective, SamplingResult, noise_seed, run_sgld
 from .selection import select_all
-from .systematic import refine_step
+from .systematic import uncertainty
 
 #: Sampler settings validated on the four Aoyagi cases (tests/estimators/test_dln.py).
 #: Full-batch Langevin on the exact L_n, step small enough that the discretisation bias
@@ -327,12 +327,7 @@ def estimate_dln(
         runs.append(result)
         return result.llc()
 
-    if systematic:
-        refined = refine_step(run, config)
-        est, extra = refined.fine, refined.as_dict()
-    else:
-        est = run(config)
-        extra = {"llc_systematic": None, "llc_total": est.llc_stderr}
+    est, extra = uncertainty(run, config, systematic)
     result = runs[-1]
     exact = problem.exact
     return {

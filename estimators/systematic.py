@@ -99,3 +99,16 @@ def refine_step(
     different seeds' noise or the same: either way they are treated as independent.
     """
     return StepRefinement(coarse=estimate(config), fine=estimate(halved_step(config)))
+
+
+def uncertainty(
+    estimate: Callable[[SGLDConfig], LLCEstimate], config: SGLDConfig, systematic: bool
+) -> tuple[LLCEstimate, dict[str, float | None]]:
+    """The reported estimate and its uncertainty keys: with ``systematic`` the ε/2 run of
+    ``refine_step`` and ``StepRefinement.as_dict()``; without, the run at ε with
+    ``llc_systematic`` None (not measured) and ``llc_total`` its SE."""
+    if systematic:
+        refined = refine_step(estimate, config)
+        return refined.fine, dict(refined.as_dict())
+    est = estimate(config)
+    return est, {"llc_systematic": None, "llc_total": est.llc_stderr}
