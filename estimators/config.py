@@ -52,6 +52,15 @@ class SGLDConfig(BaseModel):
         "from the trace (MSER, at most half the draws).",
     )
     steps_per_draw: int = Field(1, description="SGLD steps between recorded draws.")
+    warmup_steps: int = Field(
+        0,
+        description="Unrecorded SGLD steps before the first draw, at warmup_step_size: "
+        "they carry the chains from w* along slow, flat directions, which a small ε "
+        "crosses in more steps than the run has (docs/errors.md §3).",
+    )
+    warmup_step_size: float | None = Field(
+        None, description="ε during the warm-up steps; None means step_size."
+    )
     batch_size: int = Field(32, description="Minibatch size; ≥ the dataset size means full batch.")
     preconditioner: Preconditioner = Field("none", description="none (SGLD) or rmsprop (pSGLD).")
     rmsprop_alpha: float = Field(0.99, description="RMSProp decay of the squared-gradient average.")
@@ -79,6 +88,20 @@ class SGLDConfig(BaseModel):
     def _positive_finite(cls, v: float) -> float:
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"step_size (ε) must be a finite number > 0, got {v}")
+        return v
+
+    @field_validator("warmup_step_size")
+    @classmethod
+    def _warmup_eps(cls, v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"warmup_step_size must be a finite number > 0 or null, got {v}")
+        return v
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"warmup_steps must be ≥ 0, got {v}")
         return v
 
     @field_validator("localization")
@@ -141,7 +164,12 @@ class SGLDConfig(BaseModel):
 
     @property
     def total_steps(self) -> int:
-        """SGLD steps each chain takes."""
+        """SGLD steps each chain takes, warm-up included."""
+        return self.warmup_steps + self.recorded_steps
+
+    @property
+    def recorded_steps(self) -> int:
+        """SGLD steps from the end of the warm-up to the last draw."""
         return self.draws * self.steps_per_draw
 
     def resolve_nbeta(self, n: int) -> float:

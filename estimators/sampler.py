@@ -311,10 +311,21 @@ def run_sgld(
     # (theta, U − nβ·L_B(w*), ∇U) of the step before a draw, for the MALA estimate
     prev: tuple[Tensor, Tensor, Tensor] | None = None
 
+    def noise() -> Tensor:  # [row, d], row r from its own generator
+        return torch.stack([torch.randn(d, generator=g, device=device, dtype=dtype) for g in gens])
+
     bar, callback = _progress(progress, config.total_steps)
     start = time.perf_counter()
     with torch.no_grad():
-        for i in range(config.total_steps):
+        # Warm-up: the same update at its own ε, nothing recorded.
+        warm_eps = config.warmup_step_size or eps
+        for w in range(config.warmup_steps):
+            grad_loss, _, _ = step(theta, next_batch(), False)
+            grad_u = nbeta * grad_loss + gamma * (theta - w_star)
+            precond = _precondition(config, sq_avg, grad_u)
+            theta = theta - 0.5 * warm_eps * precond * grad_u + (warm_eps * precond).sqrt() * noise()
+            callback(w + 1)
+        for i in range(config.recorded_steps):
             batch = next_batch()
             is_draw = (i + 1) % spd == 0
             # L_B(w*) on this batch is needed at a draw (the paired estimator's baseline) and
@@ -325,13 +336,7 @@ def run_sgld(
             offset = theta - w_star
             grad_u = nbeta * grad_loss + gamma * offset  # ∇U, U = nβ·L_B + (γ/2)‖w − w*‖²
             u = nbeta * loss + 0.5 * gamma * offset.square().sum(-1)
-            if config.preconditioner == "rmsprop":
-                sq_avg.mul_(config.rmsprop_alpha).addcmul_(
-                    grad_u, grad_u, value=1 - config.rmsprop_alpha
-                )
-                precond = 1.0 / (config.rmsprop_eps + sq_avg.sqrt())
-            else:
-                precond = torch.ones_like(theta)
+            precond = _precondition(config, sq_avg, grad_u)
 
             if need_star:
                 u_rel = u - nbeta * star  # U(w) − nβ·L_B(w*)
@@ -347,12 +352,11 @@ def run_sgld(
                     )
                     rec["mala_acceptance"][:, j] = log_a.exp().float().cpu()
 
-            noise = torch.stack(
-                [torch.randn(d, generator=g, device=device, dtype=dtype) for g in gens]
-            )
+                if not rec["loss"][:, j].isfinite().any():
+                    break  # every row diverged: the rest of the run would be NaN anyway
             prev = (theta, u_rel, grad_u) if (i + 2) % spd == 0 else None
-            theta = theta - 0.5 * eps * precond * grad_u + (eps * precond).sqrt() * noise
-            callback(i + 1)
+            theta = theta - 0.5 * eps * precond * grad_u + (eps * precond).sqrt() * noise()
+            callback(config.warmup_steps + i + 1)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
@@ -394,6 +398,14 @@ def full_data_loss(
             total += float(objective(params, tuple(t[idx] for t in data))) * idx.numel()
             count += idx.numel()
     return total / count
+
+
+def _precondition(config: SGLDConfig, sq_avg: Tensor, grad_u: Tensor) -> Tensor:
+    """G of the update: RMSProp's 1/(δ + √V) (updating ``sq_avg`` = V in place), or 1."""
+    if config.preconditioner != "rmsprop":
+        return torch.ones_like(grad_u)
+    sq_avg.mul_(config.rmsprop_alpha).addcmul_(grad_u, grad_u, value=1 - config.rmsprop_alpha)
+    return 1.0 / (config.rmsprop_eps + sq_avg.sqrt())
 
 
 def _flat_select(t: Tensor, idx: Tensor | None) -> Tensor:

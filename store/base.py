@@ -228,8 +228,10 @@ class TraceStore(ABC):
                 f"({'; '.join(changes)}); resume it unchanged or use a new sweep id"
             )
         new_config = config.model_dump(mode="json")
-        if attrs[ATTR_CONFIG] != new_config:
-            changes = diff_fields(attrs[ATTR_CONFIG], new_config)
+        # through the model, so that fields added since (at their defaults) compare equal
+        old_config = config_from_attrs(attrs).model_dump(mode="json")
+        if old_config != new_config:
+            changes = diff_fields(old_config, new_config)
             raise LayoutMismatchError(
                 f"sweep {sweep_id!r} already exists with a different sampler config "
                 f"({'; '.join(changes)}); resume it unchanged or use a new sweep id"

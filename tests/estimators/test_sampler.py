@@ -142,3 +142,32 @@ def test_regular_model_recovers_half_the_parameter_count():
     assert res.num_weights == 18
     assert est.llc_mean == pytest.approx(9.0, rel=0.07)
     assert est.diverged_chains == 0
+
+
+@pytest.mark.parametrize("extra", [{}, {"preconditioner": "rmsprop"}], ids=["sgld", "rmsprop"])
+def test_warmup_steps_are_the_unrecorded_start_of_one_longer_run(mlp_problem, extra):
+    """k warm-up steps at the sampling ε are the first k steps of a run k draws longer
+    (steps_per_draw 1): the same noise, minibatches and RMSProp state, just not recorded."""
+    model, data = mlp_problem
+    obj = supervised_objective(model)
+    k = 5
+    warm = sample(model, obj, data, config=small_config(warmup_steps=k, **extra))
+    long = sample(model, obj, data, config=small_config(draws=12 + k, **extra))
+    for name in TRACES:
+        np.testing.assert_allclose(getattr(warm, name), getattr(long, name)[:, k:],
+                                   rtol=RTOL, atol=ATOL, err_msg=name)
+    # its own ε: a larger warm-up step moves the chains further before the first draw
+    far = sample(model, obj, data, config=small_config(
+        warmup_steps=k, warmup_step_size=1e-2, **extra))
+    assert far.distance[:, 0].mean() > warm.distance[:, 0].mean()
+
+
+def test_a_run_whose_chains_all_diverged_stops_early(mlp_problem):
+    model, data = mlp_problem
+    cfg = small_config(step_size=10.0, draws=2000)
+    steps = []
+    result = sample(model, supervised_objective(model), data, config=cfg,
+                    progress=lambda step, total: steps.append(step))
+    assert result.diverged.all() and result.loss.shape == (4, 2000)
+    assert np.isnan(result.loss[:, -1]).all()
+    assert max(steps) < 100 < cfg.total_steps  # the loop stopped at the first all-NaN draw
