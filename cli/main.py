@@ -11,6 +11,7 @@ from . import common, estimate, query
 from . import heads as heads_cli
 from . import sweep as sweep_cli
 from . import train as train_cli
+from . import tune as tune_cli
 
 app = typer.Typer(
     name="rllc",
@@ -24,6 +25,7 @@ app.add_typer(sweep_cli.app, name="sweep")
 app.command("query")(query.query)
 app.command("train")(train_cli.train_command)
 app.command("heads")(heads_cli.heads_command)
+app.add_typer(tune_cli.app, name="tune")
 
 
 @app.callback()
@@ -38,11 +40,26 @@ def _root(
 _CLICK_USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
 
 
+#: Options whose value may be left out (``rllc query STORE --tuning [ID]``), and the value
+#: they then take: click has no optional-value options, so ``main`` fills it in.
+OPTIONAL_VALUES = {"--tuning": query.ALL_TUNES}
+
+
+def fill_optional_values(argv: list[str]) -> list[str]:
+    """``argv`` with each bare option of ``OPTIONAL_VALUES`` given its default value."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def main() -> None:
     """Run the app; a bad flag or value exits 2 with one line on stderr naming it (the
     CLI's convention for every error of input), not click's usage box."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=fill_optional_values(sys.argv[1:]), standalone_mode=False)
     except _CLICK_USAGE_ERROR as err:
         ctx = getattr(err, "ctx", None)
         if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:

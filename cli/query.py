@@ -15,6 +15,10 @@ from rllc.store.query import ROW_KEYS
 from .common import JsonFlag, UsageError, emit, handle_errors, table
 
 COLUMNS = ROW_KEYS  # the contract's row keys, defined once in rllc.store.query
+#: ``--tuning`` without an id: the store's only tune.
+ALL_TUNES = "*"
+TRIAL_COLUMNS = ("trial", "step_size", "localization", "nbeta", "objective", "passed",
+                 "llc_mean", "llc_stderr", "stages", "failed")
 
 
 class Format(StrEnum):
@@ -49,10 +53,16 @@ def query(
         str | None, typer.Option("--estimator", help="plain | paired (default: the sweep's).")
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="table, csv or json.")] = Format.table,
+    tuning: Annotated[
+        str | None, typer.Option("--tuning", metavar="[ID]", help="List the trials of a "
+                                 "tune (rllc tune) instead; without ID, the store's only one.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """LLC per (checkpoint, component, dataset): mean, std and standard error over the
     chains of every done seed, recomputed from the stored loss traces."""
+    if tuning is not None:
+        return _tuning(store, tuning, fmt, as_json)
     if burnin is not None and burnin != "auto":
         try:
             burnin = int(burnin)
@@ -99,4 +109,42 @@ def _csv(result: dict[str, Any]) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(result["rows"])
+    return buf.getvalue()
+
+
+def _tuning(store: str, tune_id: str, fmt: Format, as_json: bool) -> None:
+    from rllc.store.tuning import trial_rows, tuning_attrs
+
+    try:
+        ts = open_store(store, read_only=True)
+        if tune_id == ALL_TUNES:
+            known = ts.list("tuning")
+            if len(known) != 1:
+                raise UsageError(f"store {store} has {len(known)} tunes; name one with "
+                                 f"--tuning ID{': ' + ', '.join(known) if known else ''}")
+            tune_id = known[0]
+        attrs = tuning_attrs(ts, tune_id)
+        rows = trial_rows(ts, tune_id)
+    except StoreError as err:
+        raise UsageError(str(err)) from err
+    result = {"rows": rows, "store": store, "tune": tune_id, "best": attrs.get("best")}
+    if fmt is Format.csv and not as_json:
+        emit(result, False, lambda r: _csv_rows(r["rows"], TRIAL_COLUMNS))
+    else:
+        emit(result, as_json or fmt is Format.json, _human_tuning)
+
+
+def _human_tuning(result: dict[str, Any]) -> str:
+    best = result["best"]
+    head = (f"tune {result['tune']} in {result['store']}: {len(result['rows'])} trials; best "
+            + (f"ε = {best['step_size']:.3g}, γ = {best['localization']:.3g}" if best
+               else "not chosen yet (unfinished)"))
+    return head + "\n" + table(result["rows"], TRIAL_COLUMNS)
+
+
+def _csv_rows(rows: list[dict[str, Any]], columns) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     return buf.getvalue()

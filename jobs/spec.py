@@ -213,7 +213,10 @@ def check_dataset(name: str) -> str:
 
 def read_tuned(path: str) -> dict[str, Any]:
     """The sampler config in a JSON file: either the config itself or a tune result with
-    the config under ``best`` (what ``rllc tune --json`` prints)."""
+    the config under ``best`` (what ``rllc tune --json`` prints); or, for
+    ``<store URI>#<tune id>``, the best config of that tune in that store."""
+    if "#" in path:
+        return _tuned_in_store(*path.rsplit("#", 1))
     try:
         loaded = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -225,6 +228,20 @@ def read_tuned(path: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ValueError(f"tuned sampler file {path} does not hold a JSON object")
     return loaded
+
+
+def _tuned_in_store(uri: str, tune_id: str) -> dict[str, Any]:
+    from rllc.store import StoreError, open_store
+    from rllc.store.tuning import tuning_attrs
+
+    try:
+        attrs = tuning_attrs(open_store(uri, read_only=True), tune_id)
+    except StoreError as err:
+        raise ValueError(str(err)) from None
+    if "best" not in attrs:
+        raise ValueError(f"tune {tune_id!r} in {uri} has no best config yet (not finished; "
+                         "resume it with rllc tune)")
+    return dict(attrs["best"])
 
 
 def parse_spec(data: Any) -> SweepSpec:

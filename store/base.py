@@ -38,7 +38,6 @@ from .errors import (
 )
 from .layout import GroupLayout, group_path, validate_id
 from .sweep import (
-    ATTR_CONFIG,
     ATTR_RLLC,
     ATTR_SPEC,
     LAYOUT_VERSION,
@@ -143,6 +142,14 @@ class TraceStore(ABC):
         """Write arrays into a region of an existing group (see ``_write``)."""
         self._check_writable()
         self._write(path, values, region)
+
+    def update_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
+        """Set attributes of an existing group (each key replaced whole)."""
+        self._check_writable()
+        self._update_attrs(path, attrs)
+
+    def _update_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot update attributes")
 
     # ---- sweeps ---------------------------------------------------------------------
 

@@ -107,6 +107,9 @@ class ZarrTraceStore(TraceStore):
         _each(fill, [n for n, spec in layout.arrays.items() if spec.values is not None])
         self._group(path, "r+").attrs.update(dict(layout.attrs))  # last: marks it complete
 
+    def _update_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
+        self._group(path, "r+").attrs.update(dict(attrs))
+
     def _write(self, path: str, values: Mapping[str, Any], region: Mapping[str, int]) -> None:
         def write(name: str) -> None:
             array = self._array(path, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,21 +153,33 @@ def is_group(cmd: Any) -> bool:
     return hasattr(cmd, "commands")
 
 
+def default_command(group: Any) -> str | None:
+    """The hidden subcommand a group runs when its first argument names none
+    (``rllc tune SPEC`` beside ``rllc tune dln``: ``cli.tune.SpecOrSubcommand``)."""
+    return getattr(group, "default_command", None)
+
+
 def resolve(path: tuple[str, ...]) -> Any | None:
-    """The click command at ``path`` under ``rllc``, or None if there is none."""
+    """The click command at ``path`` under ``rllc``, or None if there is none; a group
+    with a default command stands for that command."""
     cmd = ROOT_COMMAND
     for name in path:
         if not is_group(cmd) or name not in cmd.commands:
             return None
         cmd = cmd.commands[name]
+    if is_group(cmd) and default_command(cmd):
+        return cmd.commands[default_command(cmd)]
     return cmd
 
 
 def leaves(cmd: Any = ROOT_COMMAND, prefix: tuple[str, ...] = ()):
-    """(path, command) of every registered command that is not a group."""
+    """(path, command) of every registered command that is not a group; a group's default
+    command has the group's path."""
     for name, sub in cmd.commands.items():
         if is_group(sub):
             yield from leaves(sub, (*prefix, name))
+        elif name == default_command(cmd):
+            yield prefix, sub
         else:
             yield (*prefix, name), sub
 
@@ -325,6 +338,12 @@ def outputs(tiny_run, tmp_path_factory) -> dict[tuple[str, ...], dict[str, Any]]
         "datasets": ["dyck"], "sampler": {"chains": 2, "draws": 5, "batch_size": 8},
         "store": store, "data": {"n_sequences": 16}, "resources": {"max_workers": 1},
     }))
+    tune_spec = tmp / "tune.yaml"
+    tune_spec.write_text(yaml.safe_dump({
+        **yaml.safe_load(spec.read_text()), "name": "contract-tune",
+        "search": {"trials": 2, "step_size": [1e-5, 1e-3], "localization": [10, 1000]},
+    }))
+    os.environ["RLLC_TUNE_STATE"] = str(tmp / "ray-tune")
     tiny = ["--chains", "2", "--draws", "5", "--batch-size", "8"]
     runs = {
         ("estimate", "dln"): ["estimate", "dln", "--widths", "4,3,8", "--true-rank", "1",
@@ -339,6 +358,10 @@ def outputs(tiny_run, tmp_path_factory) -> dict[tuple[str, ...], dict[str, Any]]
         ("sweep", "run"): ["sweep", "run", str(spec), "--num-cpus", "1"],
         ("sweep", "resume"): ["sweep", "resume", str(spec), "--num-cpus", "1"],
         ("query",): ["query", store],
+        ("tune",): ["tune", str(tune_spec)],
+        ("tune", "dln"): ["tune", "dln", "--widths", "3,2,8", "--true-rank", "0", "--trials",
+                          "2", "--chains", "4", "--draws", "50", "--store", store,
+                          "--step-size-range", "1e-5,1e-3"],
     }
     runner = CliRunner()
     out = {}

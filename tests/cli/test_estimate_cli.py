@@ -11,9 +11,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*RLLC, *args], capture_output=True, text=True, timeout=300)
 
 
-#: λ̂ − λ of (4, 3, 8), r = 1 with the default DLN sampler: 8.704 ± 0.033 against λ = 8.5
+#: λ̂ − λ of (4, 3, 8), r = 1 with the default DLN sampler: 8.728 ± 0.039 against λ = 8.5
 #: (tests/estimators/test_dln.py's CASES, where it is measured).
-BIAS_4_3_8_R1 = 8.704 - 8.5
+BIAS_4_3_8_R1 = 8.728 - 8.5
 
 
 def test_estimate_dln_json_is_the_last_line_and_near_the_exact_llc():
