@@ -57,6 +57,7 @@ def main() -> None:
                     problem.widths, problem.widths[1:], strict=False)),
                 "true_llc": out["true_llc"], "llc_mean": out["llc_mean"],
                 "llc_stderr": out["llc_stderr"], "llc_systematic": out["llc_systematic"],
+                "llc_half_step": out["confirm"][out["tune"]].get("llc_half_step"),
                 "relative_error": out["relative_error"],
                 "within_10pct": abs(out["relative_error"]) <= 0.10,
                 "step_size": out["best"]["step_size"],

@@ -24,6 +24,7 @@ error names its field, e.g. ``sampler.step_size: step_size (ε) must be …``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -256,8 +257,9 @@ def parse_spec(data: Any) -> SweepSpec:
         raise SpecError(field, first["msg"].removeprefix("Value error, ")) from None
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a YAML or JSON spec file (JSON is YAML)."""
+def load_spec(path: str | Path, parse: Callable[[Any], Any] = parse_spec) -> SweepSpec:
+    """Read and validate a YAML or JSON spec file (JSON is YAML) with ``parse`` (a tune
+    spec: ``rllc.jobs.tune_spec.parse_tune_spec``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"spec file not found: {path}")
@@ -265,4 +267,4 @@ def load_spec(path: str | Path) -> SweepSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpecError("spec", f"{path} is not valid YAML or JSON ({type(err).__name__})") from None
-    return parse_spec(data)
+    return parse(data)

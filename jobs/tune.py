@@ -14,11 +14,15 @@ Every finished trial writes its traces and checks to the store (``tuning/<tune_i
 ``storage_path``, so that a search interrupted half-way resumes (``Tuner.restore``)
 with the trials it had finished. When the search is done, the chosen config is confirmed
 by a fresh run at that setting (another seed) and an ε/2 rerun, and written to the tune's
-attributes, where a sweep spec finds it (``sampler: tuned:<store>#<tune id>``).
+attributes, where a sweep spec finds it (``sampler: tuned:<store>#<tune id>``). The
+setting reported is the chosen trial's ε/2 run (``halved_step``: ε/2, twice the steps per
+draw), the one its step check validated: the check bounds λ̂(ε) − λ̂(ε/2), about half
+the ε run's own bias, so the ε run itself may sit up to twice the margin off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -66,20 +70,18 @@ class TuneError(RuntimeError):
 
 def trial_config(base: SGLDConfig, params: dict[str, float]) -> SGLDConfig:
     """``base`` with the trial's ε, γ (, nβ). Where ``base`` warms up (linear networks), the
-    warm-up keeps its ratio to ε and lasts ``WARMUP_TIME_CONSTANTS`` time constants of the
-    flat directions, 3·2/(ε_w·γ) steps, at most twice the recorded steps."""
+    warm-up keeps the base's own ε_w (validated stable; a warm-up at a multiple of a large
+    trial ε sits near divergence and leaves the chains far from the posterior at ε) and
+    lasts ``WARMUP_TIME_CONSTANTS`` time constants of the flat directions,
+    3·2/(ε_w·γ) steps, at most four times the recorded steps."""
     update: dict[str, Any] = {k: float(v) for k, v in params.items()
                               if k in ("step_size", "localization", "nbeta")}
     config = base.model_copy(update=update)
     if base.warmup_steps:
-        ratio = (base.warmup_step_size or base.step_size) / base.step_size
-        eps_w = ratio * config.step_size
+        eps_w = base.warmup_step_size or base.step_size
         gamma = max(config.localization, 1e-12)
         steps = math.ceil(WARMUP_TIME_CONSTANTS * 2 / (eps_w * gamma))
-        config = config.model_copy(update={
-            "warmup_step_size": eps_w,
-            "warmup_steps": min(steps, 2 * config.recorded_steps),
-        })
+        config = config.model_copy(update={"warmup_steps": min(steps, 4 * config.recorded_steps)})
     return SGLDConfig.model_validate(config.model_dump())
 
 
@@ -341,12 +343,15 @@ def run_tune(
                                    name=path.name, storage_path=str(path.parent), verbose=0,
                                    callbacks=[bar],
                                    failure_config=tune.FailureConfig(max_failures=1)))
-        tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's tables: logs, not output
+            tuner.fit()
         bar.close()
 
     rows = trial_rows(trace_store, tune_id)
     best_row = _choose(rows, ranges)
-    best = trial_config(best_base or base, {k: best_row[k] for k in ranges})
+    # The chosen trial's ε/2 run: the step check bounds |λ̂(ε) − λ̂(ε/2)|, which is about
+    # half the ε run's own first-order bias, so the validated ε/2 setting carries half.
+    best = halved_step(trial_config(best_base or base, {k: best_row[k] for k in ranges}))
     confirm = _confirm(targets, best)
     seconds = time.perf_counter() - start
     report = TuneReport(

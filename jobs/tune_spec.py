@@ -28,12 +28,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rllc.estimators.tuning import TuneCriteria
 
-from .spec import SpecError, SweepSpec
+from .spec import SpecError, SweepSpec, load_spec
 
 Range = tuple[float, float]
 
@@ -134,14 +133,7 @@ def parse_tune_spec(data: Any) -> TuneSpec:
 
 def load_tune_spec(path: str | Path) -> TuneSpec:
     """Read and validate a YAML or JSON tune spec file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"spec file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError("spec", f"{path} is not valid YAML or JSON ({type(err).__name__})") from None
-    return parse_tune_spec(data)
+    return load_spec(path, parse_tune_spec)
 
 
 def _message(error: dict[str, Any], in_search: bool) -> str:
