@@ -62,9 +62,11 @@ class TestTune:
         rows = trial_rows(open_store(store), out["tune"])
         assert len(rows) == 6 and sum(r["passed"] for r in rows) >= 1
         chosen = min(rows, key=lambda r: r["objective"])
-        assert out["best"]["step_size"] == pytest.approx(chosen["step_size"])
-        # the largest passing ε wins
+        # the largest passing ε wins, and best is its validated ε/2 run
         assert chosen["step_size"] == max(r["step_size"] for r in rows if r["passed"])
+        assert out["best"]["step_size"] == pytest.approx(chosen["step_size"] / 2)
+        assert out["best"]["steps_per_draw"] == 2 * BASE.steps_per_draw
+        assert out["best"]["localization"] == pytest.approx(chosen["localization"])
         assert read_tuned(f"{store}#{out['tune']}") == out["best"]
         assert (tmp_path / "map.png").stat().st_size > 10_000
 
