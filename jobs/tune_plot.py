@@ -28,7 +28,9 @@ def plot_trials(rows: list[dict[str, Any]], best: dict[str, Any], kind: str,
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
     panels = [
-        (axes[0], llc, "λ̂ of the trial's base run", "viridis", None),
+        # colours over the middle of the λ̂ range: a diverging trial's λ̂ would wash out the rest
+        (axes[0], llc, "λ̂ of the trial's base run", "viridis",
+         tuple(np.nanpercentile(llc, [10, 90])) if np.isfinite(llc).any() else None),
         (axes[1], np.clip(objective, -1, 3), "objective (< 0: every check passed; lower "
          "is better)", "coolwarm", (-1, 3)),
     ]
@@ -41,7 +43,7 @@ def plot_trials(rows: list[dict[str, Any]], best: dict[str, Any], kind: str,
                         vmax=None if lims is None else lims[1])
         fig.colorbar(sc, ax=ax)
         ax.scatter([best["step_size"]], [best["localization"]], marker="*", s=320,
-                   facecolors="none", edgecolors="red", linewidths=2, label="chosen")
+                   facecolors="none", edgecolors="red", linewidths=2, label="winning trial (best: its ε/2 run)")
         ax.scatter([PAPER_SETTING["step_size"]], [PAPER_SETTING["localization"]], marker="D",
                    s=80, facecolors="none", edgecolors="k", label="paper (ε 1e-3, γ 200)")
         ax.set(xscale="log", yscale="log", xlabel="step size ε", ylabel="localization γ",
