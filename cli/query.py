@@ -105,11 +105,7 @@ def _human(result: dict[str, Any]) -> str:
 
 
 def _csv(result: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result["rows"])
-    return buf.getvalue()
+    return _csv_rows(result["rows"], COLUMNS)
 
 
 def _tuning(store: str, tune_id: str, fmt: Format, as_json: bool) -> None:

@@ -311,8 +311,11 @@ def run_sgld(
     # (theta, U − nβ·L_B(w*), ∇U) of the step before a draw, for the MALA estimate
     prev: tuple[Tensor, Tensor, Tensor] | None = None
 
-    def noise() -> Tensor:  # [row, d], row r from its own generator
-        return torch.stack([torch.randn(d, generator=g, device=device, dtype=dtype) for g in gens])
+    def advance(theta: Tensor, grad_u: Tensor, precond: Tensor, step: float) -> Tensor:
+        """One Langevin update at step size ``step``; row r's noise from its own generator."""
+        noise = torch.stack([torch.randn(d, generator=g, device=device, dtype=dtype)
+                             for g in gens])  # [row, d]
+        return theta - 0.5 * step * precond * grad_u + (step * precond).sqrt() * noise
 
     bar, callback = _progress(progress, config.total_steps)
     start = time.perf_counter()
@@ -323,7 +326,7 @@ def run_sgld(
             grad_loss, _, _ = step(theta, next_batch(), False)
             grad_u = nbeta * grad_loss + gamma * (theta - w_star)
             precond = _precondition(config, sq_avg, grad_u)
-            theta = theta - 0.5 * warm_eps * precond * grad_u + (warm_eps * precond).sqrt() * noise()
+            theta = advance(theta, grad_u, precond, warm_eps)
             callback(w + 1)
         for i in range(config.recorded_steps):
             batch = next_batch()
@@ -355,7 +358,7 @@ def run_sgld(
                 if not rec["loss"][:, j].isfinite().any():
                     break  # every row diverged: the rest of the run would be NaN anyway
             prev = (theta, u_rel, grad_u) if (i + 2) % spd == 0 else None
-            theta = theta - 0.5 * eps * precond * grad_u + (eps * precond).sqrt() * noise()
+            theta = advance(theta, grad_u, precond, eps)
             callback(config.warmup_steps + i + 1)
     if bar is not None:
         bar.close()

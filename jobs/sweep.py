@@ -101,6 +101,13 @@ def ray_runtime(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
+def gpus_per_worker(res: Resources, cluster: dict[str, float]) -> float:
+    """``res.num_gpus``, or for None: 1 when the cluster has GPUs, else 0."""
+    if res.num_gpus is not None:
+        return res.num_gpus
+    return 1.0 if cluster.get("GPU", 0) else 0.0
+
+
 def actor_options(res: Resources, cluster: dict[str, float]) -> tuple[dict[str, Any], int]:
     """Ray options of a worker actor, and how many such actors the cluster fits.
 
@@ -111,7 +118,7 @@ def actor_options(res: Resources, cluster: dict[str, float]) -> tuple[dict[str, 
     """
     from rllc.kernels.threads import wait_policy_env
 
-    gpus = res.num_gpus if res.num_gpus is not None else (1.0 if cluster.get("GPU", 0) else 0.0)
+    gpus = gpus_per_worker(res, cluster)
     need = {"CPU": res.num_cpus, "GPU": gpus, **res.custom}
     fit = min(math.floor(cluster.get(r, 0.0) / x + 1e-9) for r, x in need.items() if x > 0)
     if fit < 1:

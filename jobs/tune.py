@@ -303,7 +303,7 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from .sweep import ray_runtime
+    from .sweep import gpus_per_worker, ray_runtime
 
     start = time.perf_counter()
     resources = resources or Resources()
@@ -326,13 +326,12 @@ def run_tune(
         import ray
 
         cluster = ray.cluster_resources()
-        gpus = resources.num_gpus if resources.num_gpus is not None else (
-            1.0 if cluster.get("GPU", 0) else 0.0)
+        gpus = gpus_per_worker(resources, cluster)
         fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx),
                                  {"cpu": resources.num_cpus, "gpu": gpus})
         concurrent = search.max_concurrent or max(
             1, int(cluster.get("CPU", 1) // resources.num_cpus))
-        bar = _ProgressCallback(n_trials, progress, tune_id)
+        bar = _progress_callback(n_trials, progress, tune_id)
         if tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), trainable=fn, resume_errored=True)
         else:
@@ -446,28 +445,27 @@ def _confirm(targets: Sequence[Target], best: SGLDConfig) -> dict[str, dict[str,
     return out
 
 
-class _ProgressCallback:
-    """A tqdm bar of finished trials on stderr (Ray Tune's own tables are off)."""
+def _progress_callback(total: int, enabled: bool, tune_id: str):
+    """A Ray Tune callback with a tqdm bar of finished trials on stderr (Ray Tune's own
+    tables are off); ``close()`` ends the bar."""
+    from ray.tune import Callback
+    from tqdm.auto import tqdm
 
-    def __new__(cls, total: int, enabled: bool, tune_id: str):
-        from ray.tune import Callback
-        from tqdm.auto import tqdm
+    class Bar(Callback):
+        def __init__(self) -> None:
+            self.bar = tqdm(total=total, desc=f"tune {tune_id}", unit="trial",
+                            file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
-        class Bar(Callback):
-            def __init__(self) -> None:
-                self.bar = tqdm(total=total, desc=f"tune {tune_id}", unit="trial",
-                                file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.bar.update(1)
 
-            def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-                self.bar.update(1)
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self.bar.update(1)
 
-            def on_trial_error(self, iteration, trials, trial, **info) -> None:
-                self.bar.update(1)
+        def close(self) -> None:
+            self.bar.close()
 
-            def close(self) -> None:
-                self.bar.close()
-
-        return Bar()
+    return Bar()
 
 
 # ---- entry points ---------------------------------------------------------------------
