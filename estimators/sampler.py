@@ -218,24 +218,11 @@ def sample(
     frozen = frozen_state(model)
     nbeta = config.resolve_nbeta(n if num_samples is None else num_samples)
 
-    names = selection.names
-    index = {k: (v.to(device) if v is not None else None) for k, v in selection.entries.items()}
-    w_star = torch.cat([_flat_select(frozen[k], index[k]) for k in names])  # [d]
-    sizes = [int(_flat_select(frozen[k], index[k]).numel()) for k in names]
+    w_star = selection.gather(frozen)  # [d]
     d = int(w_star.numel())
 
-    def full_params(theta: Tensor) -> dict[str, Tensor]:  # theta: [d] (one chain)
-        params = dict(frozen)
-        for k, part in zip(names, theta.split(sizes), strict=True):
-            base = frozen[k]
-            if index[k] is None:
-                params[k] = part.view(base.shape)
-            else:
-                params[k] = base.reshape(-1).index_put((index[k],), part).view(base.shape)
-        return params
-
     def loss_of(theta: Tensor, batch: Batch) -> Tensor:
-        return objective(full_params(theta), batch)
+        return objective(selection.scatter(frozen, theta), batch)
 
     batch_dim = 0 if config.independent_batches else None
     grad_and_loss = vmap(grad_and_value(loss_of), in_dims=(0, batch_dim))
@@ -302,7 +289,7 @@ def run_sgld(
     n_rows, d = w_star.shape
     device, dtype = w_star.device, w_star.dtype
     gamma, eps = config.localization, config.step_size
-    gens = [_generator(device, s) for s in seeds]
+    noise = ChainNoise(seeds, d, device, dtype)
     theta = w_star.clone()  # [row, d]
     sq_avg = torch.zeros_like(theta)
     n_draws, spd = config.draws, config.steps_per_draw
@@ -311,11 +298,14 @@ def run_sgld(
     # (theta, U − nβ·L_B(w*), ∇U) of the step before a draw, for the MALA estimate
     prev: tuple[Tensor, Tensor, Tensor] | None = None
 
-    def advance(theta: Tensor, grad_u: Tensor, precond: Tensor, step: float) -> Tensor:
-        """One Langevin update at step size ``step``; row r's noise from its own generator."""
-        noise = torch.stack([torch.randn(d, generator=g, device=device, dtype=dtype)
-                             for g in gens])  # [row, d]
-        return theta - 0.5 * step * precond * grad_u + (step * precond).sqrt() * noise
+    def advance(theta: Tensor, grad_u: Tensor, precond: Tensor | None, step: float) -> Tensor:
+        """One Langevin update at step size ``step``; row r's noise from its own stream.
+        Plain SGLD (G = 1) takes the scalar form: two fused updates, no [row, d] temporaries
+        beyond the noise, which is most of a small model's step."""
+        if precond is None:
+            return torch.add(theta, grad_u, alpha=-0.5 * step).add_(noise.next(),
+                                                                    alpha=math.sqrt(step))
+        return theta - 0.5 * step * precond * grad_u + (step * precond).sqrt() * noise.next()
 
     bar, callback = _progress(progress, config.total_steps)
     start = time.perf_counter()
@@ -324,7 +314,7 @@ def run_sgld(
         warm_eps = config.warmup_step_size or eps
         for w in range(config.warmup_steps):
             grad_loss, _, _ = step(theta, next_batch(), False)
-            grad_u = nbeta * grad_loss + gamma * (theta - w_star)
+            grad_u = torch.add(grad_loss, theta - w_star, alpha=gamma / nbeta).mul_(nbeta)
             precond = _precondition(config, sq_avg, grad_u)
             theta = advance(theta, grad_u, precond, warm_eps)
             callback(w + 1)
@@ -337,12 +327,11 @@ def run_sgld(
             need_star = is_draw or (i + 2) % spd == 0
             grad_loss, loss, star = step(theta, batch, need_star)  # [row, d], [row], [row]
             offset = theta - w_star
-            grad_u = nbeta * grad_loss + gamma * offset  # ∇U, U = nβ·L_B + (γ/2)‖w − w*‖²
-            u = nbeta * loss + 0.5 * gamma * offset.square().sum(-1)
+            grad_u = torch.add(grad_loss, offset, alpha=gamma / nbeta).mul_(nbeta)  # ∇U
             precond = _precondition(config, sq_avg, grad_u)
 
-            if need_star:
-                u_rel = u - nbeta * star  # U(w) − nβ·L_B(w*)
+            if need_star:  # U(w) − nβ·L_B(w*), U = nβ·L_B + (γ/2)‖w − w*‖²
+                u_rel = nbeta * (loss - star) + 0.5 * gamma * offset.square().sum(-1)
             if is_draw:
                 j = i // spd
                 rec["loss"][:, j] = loss.float().cpu()
@@ -351,7 +340,8 @@ def run_sgld(
                 rec["grad_norm"][:, j] = grad_loss.norm(dim=-1).float().cpu()
                 if prev is not None:
                     log_a = mala_log_acceptance(
-                        prev[0], theta, prev[1], u_rel, prev[2], grad_u, eps, precond
+                        prev[0], theta, prev[1], u_rel, prev[2], grad_u, eps,
+                        1.0 if precond is None else precond,
                     )
                     rec["mala_acceptance"][:, j] = log_a.exp().float().cpu()
 
@@ -403,20 +393,48 @@ def full_data_loss(
     return total / count
 
 
-def _precondition(config: SGLDConfig, sq_avg: Tensor, grad_u: Tensor) -> Tensor:
-    """G of the update: RMSProp's 1/(δ + √V) (updating ``sq_avg`` = V in place), or 1."""
+def _precondition(config: SGLDConfig, sq_avg: Tensor, grad_u: Tensor) -> Tensor | None:
+    """G of the update: RMSProp's 1/(δ + √V) (updating ``sq_avg`` = V in place), or None
+    for plain SGLD (G = 1)."""
     if config.preconditioner != "rmsprop":
-        return torch.ones_like(grad_u)
+        return None
     sq_avg.mul_(config.rmsprop_alpha).addcmul_(grad_u, grad_u, value=1 - config.rmsprop_alpha)
     return 1.0 / (config.rmsprop_eps + sq_avg.sqrt())
 
 
-def _flat_select(t: Tensor, idx: Tensor | None) -> Tensor:
-    return t.reshape(-1) if idx is None else t.reshape(-1)[idx]
+class ChainNoise:
+    """N(0, I) noise ``[row, d]`` per step, row r's from its own generator seeded by
+    ``seeds[r]``, so a row's noise never depends on which other rows run beside it.
 
+    On the CPU the generators are numpy's PCG64 with its ziggurat normals, drawn ``block``
+    steps at a time: consecutive draws, so the stream is the same for any block size, and
+    about 5× faster than torch's CPU normals, which dominated small models' steps. Elsewhere
+    they are torch generators on the device, one ``randn`` per row and step.
+    """
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
+    def __init__(self, seeds: Sequence[int], d: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.device, self.dtype, self.d = torch.device(device), dtype, d
+        if self.device.type == "cpu":
+            self.np_dtype = np.float32 if dtype != torch.float64 else np.float64
+            self.gens = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
+            self.block = max(1, min(64, (1 << 16) // max(d, 1)))
+            self.buf = np.empty((len(seeds), self.block, d), dtype=self.np_dtype)
+            self.pos = self.block
+        else:
+            self.gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
+    def next(self) -> Tensor:
+        if self.device.type != "cpu":
+            return torch.stack([torch.randn(self.d, generator=g, device=self.device,
+                                            dtype=self.dtype) for g in self.gens])
+        if self.pos == self.block:
+            for row, g in zip(self.buf, self.gens, strict=True):
+                g.standard_normal(out=row, dtype=self.np_dtype)
+            self.pos = 0
+        out = torch.from_numpy(self.buf[:, self.pos])  # [row, d], a view of the block
+        self.pos += 1
+        return out if out.dtype == self.dtype else out.to(self.dtype)
 
 
 def _diverged(

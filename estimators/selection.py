@@ -92,6 +92,28 @@ class WeightSelection:
             params[n].numel() if idx is None else idx.numel() for n, idx in self.entries.items()
         )
 
+    def gather(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The selected entries of ``state`` (parameters by name), flattened in selection
+        order: ``theta[d]``, the vector the samplers and curvature estimators move."""
+        return torch.cat([_flat(state[n], idx) for n, idx in self.entries.items()])
+
+    def scatter(self, state: Mapping[str, torch.Tensor],
+                theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``state`` with the selected entries replaced by ``theta[d]`` (the inverse of
+        ``gather``), out of place and differentiable in ``theta`` (also under
+        ``torch.func`` transforms); every other entry stays as it is."""
+        params = dict(state)
+        sizes = [params[n].numel() if idx is None else idx.numel()
+                 for n, idx in self.entries.items()]
+        for (name, idx), part in zip(self.entries.items(), theta.split(sizes), strict=True):
+            base = params[name]
+            if idx is None:
+                params[name] = part.view(base.shape)
+            else:
+                idx = idx.to(base.device)
+                params[name] = base.reshape(-1).index_put((idx,), part).view(base.shape)
+        return params
+
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Boolean masks shaped like each selected parameter."""
         params = dict(model.named_parameters())
@@ -105,6 +127,10 @@ class WeightSelection:
                 m[idx] = True
                 out[name] = m.view(p.shape)
         return out
+
+
+def _flat(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    return t.reshape(-1) if idx is None else t.reshape(-1)[idx.to(t.device)]
 
 
 def select_all(model: nn.Module) -> WeightSelection:
