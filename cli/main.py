@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from . import baselines as baselines_cli
 from . import common, estimate, query
 from . import heads as heads_cli
 from . import sweep as sweep_cli
@@ -25,6 +26,7 @@ app.add_typer(sweep_cli.app, name="sweep")
 app.command("query")(query.query)
 app.command("train")(train_cli.train_command)
 app.command("heads")(heads_cli.heads_command)
+app.command("baselines")(baselines_cli.baselines_command)
 app.add_typer(tune_cli.app, name="tune")
 
 

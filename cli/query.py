@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from rllc.store import DEFAULT_STORE, QueryError, StoreError, llc_table, open_store
-from rllc.store.query import ROW_KEYS
+from rllc.store.query import ROW_KEYS, columns_of
 
 from .common import JsonFlag, UsageError, emit, handle_errors, table
 
@@ -53,6 +53,11 @@ def query(
         str | None, typer.Option("--estimator", help="plain | paired (default: the sweep's).")
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="table, csv or json.")] = Format.table,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", metavar="NAME", help="Add a baseline's columns beside λ̂ "
+                     "(hessian_trace, fisher_trace, hessian_rank, ablation); repeatable."),
+    ] = None,
     tuning: Annotated[
         str | None, typer.Option("--tuning", metavar="[ID]", help="List the trials of a "
                                  "tune (rllc tune) instead; without ID, the store's only one.")
@@ -80,6 +85,7 @@ def query(
             checkpoint=checkpoint,
             burnin=burnin,
             estimator=estimator,
+            metrics=metric or None,
         )
     except (QueryError, StoreError) as err:  # bad store, sweep id, filter or burn-in
         raise UsageError(str(err)) from err
@@ -89,6 +95,7 @@ def query(
         "sweep": sweep_id,
         "burnin": config.get("burnin") if burnin is None else burnin,
         "estimator": estimator or config.get("estimator"),
+        "columns": [*COLUMNS, *columns_of(ds, metric)] if metric else list(COLUMNS),
     }
     if fmt is Format.csv and not as_json:
         emit(result, False, _csv)
@@ -101,11 +108,11 @@ def _human(result: dict[str, Any]) -> str:
         f"sweep {result['sweep']} in {result['store']}: burn-in {result['burnin']}, "
         f"{result['estimator']} estimator, {len(result['rows'])} rows"
     )
-    return head + "\n" + table(result["rows"], COLUMNS)
+    return head + "\n" + table(result["rows"], result["columns"])
 
 
 def _csv(result: dict[str, Any]) -> str:
-    return _csv_rows(result["rows"], COLUMNS)
+    return _csv_rows(result["rows"], result["columns"])
 
 
 def _tuning(store: str, tune_id: str, fmt: Format, as_json: bool) -> None:

@@ -27,12 +27,17 @@ from rllc.estimators import AllChainsDivergedError, SamplingResult
 from rllc.kernels.threads import use_threads
 from rllc.store import CellKey, open_store
 
+from .metrics import Metric, flatten
 from .session import CheckpointSession
 from .sweep_plan import SweepPlan
 
 
-def cell_summary(key: CellKey, result: SamplingResult) -> dict[str, Any]:
-    """The few numbers of a cell the driver sees (its traces stay in the store)."""
+def cell_summary(key: CellKey, result: SamplingResult | None) -> dict[str, Any]:
+    """The few numbers of a cell the driver sees (its traces stay in the store); NaN λ̂
+    for a cell of baselines only."""
+    if result is None:
+        return {"cell": tuple(key), "llc_mean": math.nan, "llc_stderr": math.nan,
+                "diverged_chains": 0, "seconds": 0.0}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -97,10 +102,20 @@ class CheckpointWorker:
                                                       first.seed) for k in keys):
             raise ValueError("a work unit's cells must share checkpoint, dataset and seed")
         session = self.load(first.checkpoint)
-        results = session.sample_many([k.component for k in keys], first.dataset,
-                                      self.plan.cell_config(first.seed))
+        components = [k.component for k in keys]
+        spec = self.plan.spec
+        results: dict[str, SamplingResult | None] = dict.fromkeys(components)
+        if Metric.LLC in spec.metrics:
+            results |= session.sample_many(components, first.dataset,
+                                           self.plan.cell_config(first.seed))
+        metrics = {c: {} for c in components}
+        if any(m != Metric.LLC for m in spec.metrics):
+            found = session.baselines(components, first.dataset, spec.metrics, spec.baselines,
+                                      seed=first.seed)
+            metrics = {c: flatten(found[c]) for c in components}
         out = []
         for key in keys:
-            self.store.write_cell(self.plan.sweep_id, key, results[key.component])
-            out.append(cell_summary(key, results[key.component]))
+            result = results[key.component]
+            self.store.write_cell(self.plan.sweep_id, key, result, metrics[key.component])
+            out.append(cell_summary(key, result) | metrics[key.component])
         return out

@@ -4,7 +4,10 @@
                          + checkpoints · datasets · seeds · draws · steps_per_draw · t_step)
                         / workers
 
-where t_step (one step of every work unit of a checkpoint, dataset and seed: all chains,
+plus, where the spec computes baselines, checkpoints · datasets · seeds · t_baselines,
+with t_baselines the baselines of every component of a (checkpoint, dataset, seed): one
+component per layer is timed (layers cost differently: a head of layer L runs layers L…)
+and stands for the others of its layer. Where t_step (one step of every work unit of a checkpoint, dataset and seed: all chains,
 a layer's heads batched together) and t_load (checkpoint, datasets and L_n(w*)) are timed
 with the first checkpoint, dataset and seed, using the actors' thread count, and workers
 = min(checkpoints, resources.max_workers or the local CPUs ÷ resources.num_cpus). It is
@@ -21,7 +24,9 @@ from typing import Any
 import torch
 
 from rllc.kernels.threads import choose_threads
+from rllc.models.baselines import start_layer
 
+from .metrics import Metric
 from .session import CheckpointSession
 from .spec import SweepSpec
 from .sweep_plan import SweepPlan, resolve
@@ -34,6 +39,7 @@ class Timing:
 
     unit_step_seconds: tuple[float, ...]
     load_seconds: float
+    baseline_seconds: float = 0.0  # the baselines of every component of one cell group
 
     @property
     def step_seconds(self) -> float:
@@ -59,7 +65,7 @@ def time_plan(plan: SweepPlan, steps: int = 4) -> Timing:
         load = time.perf_counter() - start
         probe = config.model_copy(update={"draws": steps + 1, "burnin": 0, "steps_per_draw": 1})
         per_unit = []
-        for unit in units:
+        for unit in units if Metric.LLC in plan.spec.metrics else []:
             stamps: list[float] = []  # when each step ended
 
             def stamp(step: int, total: int, stamps=stamps) -> None:
@@ -69,10 +75,29 @@ def time_plan(plan: SweepPlan, steps: int = 4) -> Timing:
                                 progress=stamp)
             # the first step warms up (and compiles, once per shape)
             per_unit.append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
+        baselines = time_baselines(plan, session, first.dataset, first.seed)
     finally:
         torch.set_num_threads(threads)
     return Timing(unit_step_seconds=tuple(per_unit),
-                  load_seconds=load * len(plan.grid.datasets))
+                  load_seconds=load * len(plan.grid.datasets), baseline_seconds=baselines)
+
+
+def time_baselines(plan: SweepPlan, session: CheckpointSession, dataset: str,
+                   seed: int) -> float:
+    """Seconds of the spec's baselines for every component of one (checkpoint, dataset,
+    seed): one component per first layer timed, times the components of that layer."""
+    metrics = [m for m in plan.spec.metrics if m != Metric.LLC]
+    if not metrics:
+        return 0.0
+    by_layer: dict[int, list[str]] = {}
+    for c in plan.grid.components:
+        by_layer.setdefault(start_layer(c), []).append(c)
+    total = 0.0
+    for comps in by_layer.values():
+        start = time.perf_counter()
+        session.baselines(comps[:1], dataset, metrics, plan.spec.baselines, seed=seed)
+        total += (time.perf_counter() - start) * len(comps)
+    return total
 
 
 def local_workers(plan: SweepPlan) -> int:
@@ -92,11 +117,13 @@ def plan(spec: SweepSpec, timing: bool = True) -> dict[str, Any]:
         workers = local_workers(p)
         g = p.grid
         groups = len(g.checkpoints) * len(g.datasets) * len(g.seeds)
+        steps = p.config.total_steps if Metric.LLC in spec.metrics else 0
         serial = (len(g.checkpoints) * t.load_seconds
-                  + groups * p.config.total_steps * t.step_seconds)
+                  + groups * (steps * t.step_seconds + t.baseline_seconds))
         out |= {
             "estimated_seconds": serial / workers,
             "seconds_per_step": t.step_seconds / len(g.components),  # per cell, on average
+            "baseline_seconds_per_cell": t.baseline_seconds / len(g.components),
             "workers": workers,
         }
     return out

@@ -12,6 +12,9 @@ together, ``sample_many``), other components the general vectorized sampler.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -29,6 +32,8 @@ from rllc.models.fastpath import (
 )
 from rllc.models.objective import lm_objective
 
+from .baselines import compute_baselines
+from .metrics import BaselineOptions, Metric
 from .spec import ComputeOptions, DataOptions
 
 
@@ -136,6 +141,15 @@ class CheckpointSession:
                                noise_key=head_noise_key(comp), progress=progress)
             out[comp].extra["path"] = "general"
         return {c: out[c] for c in components}
+
+    def baselines(self, components: list[str], dataset: str, metrics: Iterable[Metric],
+                  options: BaselineOptions, seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+        """The baselines ``metrics`` of ``components`` on ``dataset``
+        (``rllc.jobs.baselines.compute_baselines``): components of one layer share its
+        frozen prefix, ablations of a layer's heads its clean run."""
+        return compute_baselines(self.model, self.dataset(dataset), components, metrics,
+                                 options, seed=seed, progress=progress)
 
     def sample(
         self, component: str, dataset: str, config: SGLDConfig, progress=False

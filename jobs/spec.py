@@ -11,6 +11,8 @@
     data: {n_sequences: 256}           # how each loss dataset is drawn
     compute: {precision: float32, batch_heads: true}   # how head cells are computed
     resources: {max_workers: 4}        # Ray actors, retries, in-flight bound
+    metrics: [llc, hessian_trace, fisher_trace, hessian_rank, ablation]   # default [llc]
+    baselines: {sequences: 8, probes: 32, rank_tol: 1e-3}   # how the baselines are computed
 
 Relative paths (checkpoints, store, datasets, ``tuned:``) are relative to the working
 directory, as the default store ``./rllc-store`` is; the driver makes them absolute
@@ -39,6 +41,8 @@ from rllc.kernels.precision import Precision
 from rllc.models.components import parse_component
 from rllc.store import DEFAULT_STORE
 from rllc.store.layout import validate_id
+
+from .metrics import BaselineOptions, Metric, parse_metrics
 
 TUNED = "tuned:"
 
@@ -156,6 +160,17 @@ class SweepSpec(BaseModel):
     data: DataOptions = Field(default_factory=DataOptions)
     compute: ComputeOptions = Field(default_factory=ComputeOptions)
     resources: Resources = Field(default_factory=Resources)
+    metrics: list[Metric] = Field(
+        default_factory=lambda: [Metric.LLC], min_length=1,
+        description="What each cell computes: llc (SGLD traces) and baselines "
+        "(hessian_trace, fisher_trace, hessian_rank, ablation; rllc.jobs.baselines).",
+    )
+    baselines: BaselineOptions = Field(default_factory=BaselineOptions)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics(cls, v: Any) -> Any:
+        return parse_metrics([v] if isinstance(v, str) else v)
 
     @field_validator("name")
     @classmethod

@@ -41,6 +41,7 @@ from rllc.store import CellKey, UnknownGroupError, open_store
 from rllc.store.base import TraceStore
 
 from .actors import CheckpointWorker
+from .metrics import Metric, metric_columns
 from .spec import Resources, SpecError, SweepSpec
 from .sweep_plan import SweepPlan, resolve
 
@@ -166,8 +167,18 @@ def prepare_store(plan: SweepPlan, resume: bool) -> TraceStore:
     # the grid, sampler config and compute settings are fixed at creation: a resume with
     # other ones is refused by the store (LayoutMismatchError)
     store.create_sweep(plan.sweep_id, plan.grid, plan.config, plan.spec.model_dump(mode="json"),
-                       compute=plan.spec.compute.model_dump(mode="json"))
+                       compute=recorded_compute(plan.spec),
+                       metrics=metric_columns(plan.spec.metrics))
     return store
+
+
+def recorded_compute(spec: SweepSpec) -> dict[str, Any]:
+    """The compute settings fixed with the sweep: ``compute``, and the baselines' options
+    where the spec computes baselines (they change the numbers as the precision does)."""
+    out = spec.compute.model_dump(mode="json")
+    if any(m != Metric.LLC for m in spec.metrics):
+        out["baselines"] = spec.baselines.model_dump(mode="json")
+    return out
 
 
 def error_text(err: BaseException) -> str:

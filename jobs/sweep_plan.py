@@ -28,6 +28,7 @@ from rllc.models.fastpath import takes_fast_path
 from rllc.models.transformer import AttentionOnlyTransformer, TransformerConfig
 from rllc.store import CellKey, SweepGrid, files
 
+from .metrics import Metric
 from .spec import SpecError, SweepSpec
 
 _GLOB_CHARS = "*?["
@@ -77,8 +78,10 @@ class SweepPlan:
 
     @property
     def sgld_steps(self) -> int:
-        """Per-chain SGLD steps of the whole sweep."""
+        """Per-chain SGLD steps of the whole sweep (0 when its metrics leave out llc)."""
         c = self.config
+        if Metric.LLC not in self.spec.metrics:
+            return 0
         return self.cells * c.chains * c.draws * c.steps_per_draw
 
     def summary(self) -> dict[str, Any]:
@@ -100,6 +103,7 @@ class SweepPlan:
             "draws": c.draws,
             "steps_per_draw": c.steps_per_draw,
             "units": len(self.units(g.cells())),
+            "metrics": [m.value for m in self.spec.metrics],
         }
 
 

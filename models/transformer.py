@@ -27,6 +27,7 @@ no in-place ops on parameters, no data-dependent Python branches and no ``.item(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
@@ -35,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 Positional = Literal["shortformer", "residual"]
+#: z [batch, head, pos, d_head] → the z to use: a patch of one layer's heads' outputs
+ZPatch = Callable[[Tensor], Tensor]
 
 
 class TransformerConfig(BaseModel):
@@ -99,11 +102,13 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.d_attn, cfg.d_model)
 
     def forward(
-        self, x_qk: Tensor, x_v: Tensor, return_pattern: bool = False
+        self, x_qk: Tensor, x_v: Tensor, return_pattern: bool = False,
+        z_patch: ZPatch | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``x_qk``/``x_v`` [batch, pos, d_model] are the (normalised) query-key and value
         inputs; returns the output [batch, pos, d_model] and, if asked, the attention
-        pattern [batch, head, query_pos, key_pos]."""
+        pattern [batch, head, query_pos, key_pos]. ``z_patch`` maps the heads' outputs
+        z [batch, head, pos, d_head] (before W_O) to the ones used: to read or ablate them."""
         B, T, _ = x_qk.shape
         H, dh, A = self.n_heads, self.d_head, self.d_attn
         w, b = self.qkv.weight, self.qkv.bias
@@ -126,6 +131,8 @@ class Attention(nn.Module):
         else:
             pattern = None
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if z_patch is not None:
+            z = z_patch(z)
         z = z.transpose(1, 2).reshape(B, T, A)  # heads side by side, as out.weight's columns
         return self.out(z), pattern
 
@@ -146,12 +153,14 @@ class Block(nn.Module):
             )
 
     def forward(
-        self, x: Tensor, pos_qk: Tensor | None, return_pattern: bool = False
+        self, x: Tensor, pos_qk: Tensor | None, return_pattern: bool = False,
+        z_patch: ZPatch | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """``x`` [batch, pos, d_model]; ``pos_qk`` [pos, d_model] (shortformer) or None."""
+        """``x`` [batch, pos, d_model]; ``pos_qk`` [pos, d_model] (shortformer) or None;
+        ``z_patch`` as in ``Attention.forward``."""
         x_v = self.ln(x)
         x_qk = x_v if pos_qk is None else self.ln(x + pos_qk)
-        attn_out, pattern = self.attn(x_qk, x_v, return_pattern)
+        attn_out, pattern = self.attn(x_qk, x_v, return_pattern, z_patch)
         x = x + attn_out
         if self.mlp is not None:
             x = x + self.mlp(self.ln_mlp(x))
@@ -193,27 +202,54 @@ class AttentionOnlyTransformer(nn.Module):
                 p.normal_(0.0, std)
 
     def forward(
-        self, tokens: Tensor, return_patterns: bool = False
+        self, tokens: Tensor, return_patterns: bool = False, *,
+        start_layer: int = 0, resid: Tensor | None = None,
+        z_patches: Mapping[int, ZPatch] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """``tokens`` [batch, pos] → logits [batch, pos, d_vocab] (next-token scores).
 
         With ``return_patterns=True`` also returns the attention patterns
         [layer, batch, head, query_pos, key_pos] (uses explicit softmax attention).
+        ``resid`` [batch, pos, d_model], the residual stream entering layer ``start_layer``
+        (``residual_before``), resumes the forward there: blocks below it are skipped, so
+        work on one layer's heads computes the frozen prefix once. ``z_patches`` maps a
+        layer to a ``ZPatch`` of its heads' outputs (reading or ablating them).
         """
         T = tokens.shape[-1]
-        x = self.embed(tokens)  # [B, T, D]
         pos = self.pos_embed.weight[:T]  # [T, D]
         pos_qk = pos if self.cfg.positional == "shortformer" else None
-        if pos_qk is None:
-            x = x + pos
+        if resid is None:
+            if start_layer:
+                raise ValueError("start_layer needs resid, the stream entering that layer")
+            x = self.embed(tokens)  # [B, T, D]
+            if pos_qk is None:
+                x = x + pos
+        else:
+            x = resid
+        patches = z_patches or {}
         patterns = []
-        for block in self.blocks:
-            x, pattern = block(x, pos_qk, return_patterns)
+        for layer, block in enumerate(self.blocks):
+            if layer < start_layer:
+                continue
+            x, pattern = block(x, pos_qk, return_patterns, patches.get(layer))
             patterns.append(pattern)
         logits = self.unembed(self.ln_final(x))  # [B, T, V]
         if return_patterns:
             return logits, torch.stack(patterns)
         return logits
+
+    @torch.no_grad()
+    def residual_before(self, layer: int, tokens: Tensor) -> Tensor:
+        """The residual stream [batch, pos, d_model] entering block ``layer``."""
+        T = tokens.shape[-1]
+        x = self.embed(tokens)
+        pos = self.pos_embed.weight[:T]
+        pos_qk = pos if self.cfg.positional == "shortformer" else None
+        if pos_qk is None:
+            x = x + pos
+        for block in self.blocks[:layer]:
+            x, _ = block(x, pos_qk)
+        return x
 
     @torch.no_grad()
     def attention_patterns(self, tokens: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import builtins
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
@@ -45,11 +45,13 @@ from .sweep import (
     CellKey,
     SweepGrid,
     cell_values,
+    columns_of_metrics,
     compute_from_attrs,
     config_from_attrs,
     diff_fields,
     grid_from_attrs,
     layout_version,
+    metrics_from_attrs,
     sweep_layout,
 )
 
@@ -169,9 +171,10 @@ class TraceStore(ABC):
         config: SGLDConfig,
         spec: Mapping[str, Any] | None = None,
         compute: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Sequence[str]] | None = None,
     ) -> bool:
         """Create the group of a sweep; a no-op if it exists with the same grid, sampler
-        config and compute settings.
+        config, compute settings and metric columns.
 
         Args:
             sweep_id: letters, digits, ``-`` and ``_``.
@@ -180,6 +183,8 @@ class TraceStore(ABC):
             spec: the sweep spec as given (JSON-able), kept in the group's attributes.
             compute: how the cells are computed (JSON-able, e.g. the precision): opaque
                 here, but fixed at creation like the config, so a resume cannot change it.
+            metrics: ``{metric: [column, …]}``, float columns per cell beside the traces
+                (the baselines).
 
         Returns:
             True if the group was created, False if it already existed.
@@ -195,10 +200,10 @@ class TraceStore(ABC):
             attrs = self.read_attrs(path)
             if ATTR_RLLC in attrs:  # complete: compare, never overwrite
                 self._check_version(sweep_id, attrs, writing=True)
-                self._check_same(sweep_id, attrs, grid, config, compute)
+                self._check_same(sweep_id, attrs, grid, config, compute, metrics)
                 self._attrs_cache[sweep_id] = attrs
                 return False
-        layout = sweep_layout(sweep_id, grid, config, spec, compute)
+        layout = sweep_layout(sweep_id, grid, config, spec, compute, metrics)
         self.create(path, layout)
         self._attrs_cache.pop(sweep_id, None)
         return True
@@ -226,6 +231,7 @@ class TraceStore(ABC):
         grid: SweepGrid,
         config: SGLDConfig,
         compute: Mapping[str, Any] | None,
+        metrics: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         old_grid = grid_from_attrs(attrs)
         if old_grid != grid:
@@ -250,6 +256,14 @@ class TraceStore(ABC):
             raise LayoutMismatchError(
                 f"sweep {sweep_id!r} already exists with different compute settings "
                 f"({'; '.join(changes)}); resume it unchanged or use a new sweep id"
+            )
+        old_metrics = sorted(metrics_from_attrs(attrs))
+        new_metrics = sorted(metrics or {})
+        if old_metrics != new_metrics:
+            raise LayoutMismatchError(
+                f"sweep {sweep_id!r} already exists with baselines {old_metrics or 'none'}, "
+                f"not {new_metrics or 'none'}; resume it with the same metrics or use a new "
+                "sweep id"
             )
 
     def _sweep_attrs(self, sweep_id: str) -> dict[str, Any]:
@@ -284,13 +298,21 @@ class TraceStore(ABC):
         """The spec the sweep was created with, as given (JSON); ``{}`` if none was."""
         return dict(self._sweep_attrs(sweep_id).get(ATTR_SPEC) or {})
 
-    def write_cell(self, sweep_id: str, key: CellKey, result: SamplingResult) -> None:
-        """Store one cell's traces, then mark it done (the flag is written last)."""
+    def sweep_metrics(self, sweep_id: str) -> dict[str, list[str]]:
+        """The metrics (baselines) the sweep was created with, and their columns."""
+        return metrics_from_attrs(self._sweep_attrs(sweep_id))
+
+    def write_cell(self, sweep_id: str, key: CellKey, result: SamplingResult | None,
+                   metrics: Mapping[str, float] | None = None) -> None:
+        """Store one cell's traces (None: a cell of metrics only) and metric columns, then
+        mark it done (the flag is written last)."""
         self._check_writable()
-        self._check_version(sweep_id, self._sweep_attrs(sweep_id), writing=True)
+        attrs = self._sweep_attrs(sweep_id)
+        self._check_version(sweep_id, attrs, writing=True)
         grid, config = self.sweep_grid(sweep_id), self.sweep_config(sweep_id)
         region = grid.region(key)
-        values = cell_values(result, config)
+        values = cell_values(result, config, metrics,
+                             columns_of_metrics(metrics_from_attrs(attrs)))
         path = group_path("sweeps", sweep_id)
         self.write(path, values, region)
         self.write(path, {"done": np.asarray(True)}, region)

@@ -34,7 +34,7 @@ from rllc.estimators.mcse import epoch_draws
 from rllc.estimators.sampler import independent_chains
 
 from .errors import QueryError
-from .sweep import config_from_attrs
+from .sweep import config_from_attrs, metrics_from_attrs
 from .zarr_store import open_store
 
 #: Keys of every ``llc_table`` row (docs/cli.md §3), then extras.
@@ -92,6 +92,25 @@ def select(
     return ds
 
 
+def columns_of(ds: xr.Dataset, metrics: list[str]) -> list[str]:
+    """The stored columns of each name: a metric's columns (``hessian_trace`` →
+    ``hessian_trace``, ``hessian_trace_stderr``), or one column by its own name
+    (``ablation_zero``); ``llc`` adds none. ``QueryError`` names a metric the sweep did
+    not compute."""
+    stored = metrics_from_attrs(ds.attrs)
+    every = [c for cols in stored.values() for c in cols]
+    out: list[str] = []
+    for name in metrics:
+        if name == "llc":
+            continue
+        cols = stored.get(name) or ([name] if name in every else [])
+        if not cols:
+            have = ", ".join(["llc", *stored])
+            raise QueryError(f"metric {name!r} is not in this sweep; it has: {have}")
+        out += [c for c in cols if c not in out]
+    return out
+
+
 def llc_table(
     ds: xr.Dataset,
     component: str | None = None,
@@ -99,6 +118,7 @@ def llc_table(
     checkpoint: str | None = None,
     burnin: Burnin | None = None,
     estimator: str | None = None,
+    metrics: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (checkpoint, component, dataset) with at least one done cell.
 
@@ -108,12 +128,17 @@ def llc_table(
         burnin: leading draws left out, or ``"auto"`` (default: the burn-ins stored with
             the cells; for sweeps written before they were stored, the config's).
         estimator: ``"plain"`` or ``"paired"`` (default: the sweep config's).
+        metrics: baselines whose columns to add (``columns_of``), each the mean over the
+            row's done seeds; a ``…_stderr`` column is the standard error of that mean,
+            √(Σ SE²)/seeds.
 
     Returns:
         Rows ``{checkpoint, step, component, dataset, llc_mean, llc_std, llc_stderr,
-        chains, seeds, burnin, draws, diverged_chains, llc_stderr_ess}``; ``llc_*`` are NaN
-        when every chain diverged, and ``chains`` counts the chains used.
+        chains, seeds, burnin, draws, diverged_chains, llc_stderr_ess}`` and the metric
+        columns; ``llc_*`` are NaN when every chain diverged or the sweep computed no
+        LLC, and ``chains`` counts the chains used.
     """
+    extra = columns_of(ds, metrics) if metrics else []
     config = sweep_config(ds)
     estimator = estimator or config.estimator
     n_draws = ds.sizes["draw"]
@@ -149,16 +174,26 @@ def llc_table(
         if row_burnin is None:
             kept = [int(stored_burnin[c]) for c in cells] if stored_burnin is not None else []
             row_burnin = max(kept) if kept and min(kept) >= 0 else config.burnin
+        if np.isfinite(draws).any():
+            summary = _summary(draws, row_burnin, bad, independent_chains(config, rows_n),
+                               epoch_draws(rows_n, config.batch_size, config.steps_per_draw),
+                               seed_of_chain)
+        else:  # a sweep of baselines only
+            summary = _no_estimate(draws, 0, bad)
         row = {
             "checkpoint": str(checkpoints[k]),
             "step": int(steps[k]),
             "component": str(ds["component"].values[h]),
             "dataset": str(ds["dataset"].values[d]),
-            **_summary(draws, row_burnin, bad, independent_chains(config, rows_n),
-                       epoch_draws(rows_n, config.batch_size, config.steps_per_draw),
-                       seed_of_chain),
+            **summary,
             "seeds": int(seeds.size),
         }
+        for col in extra:
+            values = np.array([float(ds[col].values[c]) for c in cells])
+            if col.endswith("_stderr"):
+                row[col] = float(np.sqrt(np.sum(values**2)) / len(values))
+            else:
+                row[col] = float(np.mean(values))
         rows.append({key: row[key] for key in ROW_KEYS} | row)
     return rows
 
@@ -180,18 +215,7 @@ def _summary(draws: np.ndarray, burnin: Burnin, diverged: np.ndarray, independen
             est = summarize(draws, burnin=burnin, diverged=diverged, independent=independent,
                             epoch=epoch, groups=groups)
     except AllChainsDivergedError:
-        nan = float("nan")
-        kept = 0 if burnin == "auto" else int(burnin)
-        return {
-            "llc_mean": nan,
-            "llc_std": nan,
-            "llc_stderr": nan,
-            "chains": 0,
-            "burnin": kept,
-            "draws": draws.shape[1] - kept,
-            "diverged_chains": int(diverged.sum()),
-            "llc_stderr_ess": nan,
-        }
+        return _no_estimate(draws, burnin, diverged)
     return {
         "llc_mean": est.llc_mean,
         "llc_std": est.llc_std,
@@ -201,4 +225,20 @@ def _summary(draws: np.ndarray, burnin: Burnin, diverged: np.ndarray, independen
         "draws": est.draws,
         "diverged_chains": est.diverged_chains,
         "llc_stderr_ess": est.llc_stderr_ess,
+    }
+
+
+def _no_estimate(draws: np.ndarray, burnin: Burnin, diverged: np.ndarray) -> dict[str, Any]:
+    """Row fields of a row without an estimate: every chain diverged, or no traces."""
+    nan = float("nan")
+    kept = 0 if burnin == "auto" else int(burnin)
+    return {
+        "llc_mean": nan,
+        "llc_std": nan,
+        "llc_stderr": nan,
+        "chains": 0,
+        "burnin": kept,
+        "draws": draws.shape[1] - kept,
+        "diverged_chains": int(diverged.sum()),
+        "llc_stderr_ess": nan,
     }

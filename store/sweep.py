@@ -28,6 +28,12 @@ Layout versions (``LAYOUT_VERSION``; it goes up with every change of the layout)
    config's ``burnin`` resolved on the cell's trace when written (``"auto"``:
    ``rllc.estimators.burnin``); queries use it unless told another burn-in.
 
+4. adds the metric columns: one float64 array ``[cell…]`` (NaN until written) per column
+   of the ``rllc.metrics`` attribute (``{metric: [column, …]}``), the baselines a spec's
+   ``metrics:`` asks for (``rllc.jobs.metrics``; opaque names here). They are written with the cell's traces,
+   before its ``done`` flag. A cell may hold metrics without traces (a spec without
+   ``llc``): its trace arrays then stay NaN.
+
 A sweep written with an older version is read as it is (queries work; what it lacks is
 absent) and refused for writing with a message that says what to do; a newer one is
 refused for reading too.
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,7 +57,7 @@ from .layout import ArraySpec, GroupLayout
 if TYPE_CHECKING:
     from rllc.estimators import SamplingResult
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 CELL_DIMS = ("checkpoint", "component", "dataset", "seed")
 TRACES = {
     "loss": "L_B(w_t): minibatch loss at each draw, before the update using that batch",
@@ -170,6 +176,7 @@ def sweep_layout(
     config: SGLDConfig,
     spec: Mapping[str, Any] | None = None,
     compute: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Sequence[str]] | None = None,
 ) -> GroupLayout:
     """The group to create for a sweep (see the module docstring)."""
     cell = CELL_DIMS
@@ -205,6 +212,12 @@ def sweep_layout(
         arrays[name] = ArraySpec(cell, "float64", np.nan, attrs=on_cells | {"long_name": doc})
     for name, doc in CELL_INTS.items():
         arrays[name] = ArraySpec(cell, "int64", -1, attrs=on_cells | {"long_name": doc})
+    metrics = {m: list(cols) for m, cols in (metrics or {}).items()}
+    for name in columns_of_metrics(metrics):
+        if name in arrays or name in ("done", "error"):
+            raise ValueError(f"metric column {name!r} would shadow a sweep array")
+        arrays[name] = ArraySpec(cell, "float64", np.nan,
+                                 attrs=on_cells | {"long_name": f"metric {name}"})
     arrays["done"] = ArraySpec(
         cell,
         "bool",
@@ -228,6 +241,7 @@ def sweep_layout(
             "layout_version": LAYOUT_VERSION,
             "sweep_id": sweep_id,
             "grid": grid.model_dump(mode="json"),
+            "metrics": metrics,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     }
@@ -244,6 +258,16 @@ def compute_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return dict(attrs.get(ATTR_COMPUTE) or {})
 
 
+def metrics_from_attrs(attrs: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The metrics of a sweep and their columns (none before layout version 4)."""
+    return {m: list(c) for m, c in (attrs[ATTR_RLLC].get("metrics") or {}).items()}
+
+
+def columns_of_metrics(metrics: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every column of ``metrics``, in order, once."""
+    return list(dict.fromkeys(c for cols in metrics.values() for c in cols))
+
+
 def grid_from_attrs(attrs: Mapping[str, Any]) -> SweepGrid:
     """The ``SweepGrid`` recorded in a sweep group's attributes."""
     return SweepGrid.model_validate(attrs[ATTR_RLLC]["grid"])
@@ -254,13 +278,24 @@ def config_from_attrs(attrs: Mapping[str, Any]) -> SGLDConfig:
     return SGLDConfig.model_validate(attrs[ATTR_CONFIG])
 
 
-def cell_values(result: SamplingResult, config: SGLDConfig) -> dict[str, np.ndarray]:
-    """The arrays of one cell from a sampling result, checked against the sweep's shape.
+def cell_values(result: SamplingResult | None, config: SGLDConfig,
+                metrics: Mapping[str, float] | None = None,
+                metric_columns: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays of one cell from a sampling result (None: a cell of metrics only) and its
+    metric columns, checked against the sweep's shape and columns.
 
     ``done`` is not among them: it is written separately, last.
     """
+    metrics = dict(metrics or {})
+    unknown = sorted(set(metrics) - set(metric_columns))
+    if unknown:
+        raise ValueError(f"metric columns {unknown} are not in this sweep (it has: "
+                         f"{', '.join(metric_columns) or 'none'})")
+    values: dict[str, np.ndarray] = {k: np.asarray(float(v)) for k, v in metrics.items()}
+    values["error"] = np.asarray("", dtype=object)  # a success clears an earlier failure
+    if result is None:
+        return values
     want = (config.chains, config.draws)
-    values: dict[str, np.ndarray] = {}
     for name in TRACES:
         arr = np.asarray(getattr(result, name), dtype=np.float64)
         if arr.shape != want:
@@ -283,7 +318,6 @@ def cell_values(result: SamplingResult, config: SGLDConfig) -> dict[str, np.ndar
         else:
             value = getattr(result, name)
         values[name] = np.asarray(int(value), dtype=np.int64)
-    values["error"] = np.asarray("", dtype=object)  # a success clears an earlier failure
     return values
 
 

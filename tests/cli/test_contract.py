@@ -353,6 +353,8 @@ def outputs(tiny_run, tmp_path_factory) -> dict[tuple[str, ...], dict[str, Any]]
                                 "--dataset", "dyck", "--sequences", "16", "--threads", "1",
                                 *tiny],
         ("heads",): ["heads", tiny_run, "--sequences", "8"],
+        ("baselines",): ["baselines", tiny_run, "--component", "1:0", "--dataset", "dyck",
+                         "--sequences", "3", "--probes", "4"],
         ("train",): ["train", "--quick", "--steps", "2", "--out", str(tmp / "train")],
         ("sweep", "plan"): ["sweep", "plan", str(spec)],  # with timing: all its keys
         ("sweep", "run"): ["sweep", "run", str(spec), "--num-cpus", "1"],

@@ -37,6 +37,9 @@ def spec(**fields) -> dict:
         ({"data": {"n_sequences": 0}}, "data.n_sequences: Input should be greater"),
         ({"compute": {"precision": "fp16"}}, "compute.precision: Input should be 'float32'"),
         ({"colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"metrics": ["llc", "hessian"]}, "metrics: unknown metric 'hessian'; known metrics"),
+        ({"metrics": []}, "metrics: metrics is empty"),
+        ({"baselines": {"rank_tol": 2}}, "baselines.rank_tol: rank_tol must lie in (0, 1)"),
     ],
 )
 def test_spec_errors_name_the_field(change, message):

@@ -35,7 +35,9 @@ from typer.testing import CliRunner
 from rllc.cli.main import app
 from rllc.data import load_dataset
 from rllc.estimators import sample
-from rllc.jobs.spec import SpecError, parse_spec
+from rllc.jobs.metrics import BaselineOptions, Metric
+from rllc.jobs.session import CheckpointSession
+from rllc.jobs.spec import DataOptions, SpecError, parse_spec
 from rllc.jobs.sweep import run_sweep
 from rllc.models import component_selection, lm_objective, parse_component
 from rllc.models.checkpoint import load_checkpoint
@@ -158,6 +160,47 @@ class TestLocalRay:
         # Same checkpoints and seeds → the very same numbers, wherever they were stored.
         assert len(there) == 6
         assert [r | {"checkpoint": ""} for r in there] == [r | {"checkpoint": ""} for r in here]
+
+    def test_baselines_are_stored_with_their_cells_and_queried(self, make_spec, tiny_run,
+                                                               tmp_path):
+        """A sweep with metrics: each cell's baselines land in its columns before its done
+        flag, equal a direct computation, and come back as query columns; a resume with
+        other metrics is refused; a sweep of baselines alone has no λ̂."""
+        store = str(tmp_path / "store")
+        last = tiny_run + "/ckpt-0000004"
+        fields = {"checkpoints": [last], "seeds": [0],
+                  "metrics": ["llc", "hessian_trace", "ablation"],
+                  "baselines": {"sequences": 3, "probes": 4}}
+        report = run_sweep(parse_spec(make_spec(store, **fields)), progress=False)
+        assert (report.cells_done, report.cells_failed) == (2, 0)
+        rows = llc_table(open_sweep(store, "tiny"), metrics=["hessian_trace", "ablation"])
+        assert len(rows) == 2
+        for row in rows:
+            assert np.isfinite(row["llc_mean"])
+            for col in ("hessian_trace", "hessian_trace_stderr", "ablation_zero",
+                        "ablation_mean_stderr", "ablation_resample"):
+                assert np.isfinite(row[col]), (col, row)
+        session = CheckpointSession(last, DataOptions(n_sequences=32), device="cpu")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the actors ran
+        try:
+            direct = session.baselines(["0:0", "0:1"], "dyck", [Metric.HESSIAN_TRACE,
+                                                                Metric.ABLATION],
+                                       BaselineOptions(sequences=3, probes=4), seed=0)
+        finally:
+            torch.set_num_threads(threads)
+        for row in rows:
+            want = direct[row["component"]]
+            assert row["hessian_trace"] == pytest.approx(want["hessian_trace"], rel=1e-5)
+            assert row["ablation_zero"] == pytest.approx(want["ablation"]["zero"], rel=1e-5,
+                                                         abs=1e-9)
+        with pytest.raises(LayoutMismatchError, match="baselines"):
+            run_sweep(parse_spec(make_spec(store, **fields | {"metrics": ["llc"]})),
+                      resume=True, progress=False)
+        only = parse_spec(make_spec(str(tmp_path / "only"), **fields | {"metrics": ["ablation"]}))
+        run_sweep(only, progress=False)
+        rows = llc_table(open_sweep(str(tmp_path / "only"), "tiny"), metrics=["ablation"])
+        assert all(np.isnan(r["llc_mean"]) and np.isfinite(r["ablation_zero"]) for r in rows)
 
 
 # ---- 2. a node dies mid-sweep --------------------------------------------------------------
