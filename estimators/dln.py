@@ -27,6 +27,7 @@ from .oracles import ExactLC, dln_lc, rrr_lc
 from .sampler import Objective, SamplingResult, noise_seed, run_sgld
 from .selection import select_all
 from .systematic import uncertainty
+from .volume import volume_scaling
 
 #: Sampler settings validated on the four Aoyagi cases (tests/estimators/test_dln.py).
 #: Full-batch Langevin on the exact L_n, step small enough that the discretisation bias
@@ -316,7 +317,9 @@ def estimate_dln(
     ``llc_systematic``, ``llc_total`` (√(SE² + systematic²)), ``burnin``, ``true_llc``,
     ``chains``, ``draws``, ``diverged_chains``, ``seconds`` (plus ``multiplicity``, ``case``,
     ``relative_error``, ``nbeta``, ``ess``, ``llc_stderr_ess``, ``mala_acceptance``,
-    ``threads``, and with ``systematic`` the coarse run's and Richardson's λ̂ ± SE).
+    ``threads``, and with ``systematic`` the coarse run's and Richardson's λ̂ ± SE), and
+    ``llc_volume``, ``llc_volume_stderr``, ``llc_volume_draws``: the volume-scaling λ̂ of
+    the reported run's draws (``rllc.estimators.volume``), None where too few draws fit.
     """
     start = time.perf_counter()
     _, x, y = make_data(problem)
@@ -333,6 +336,11 @@ def estimate_dln(
     est, extra = uncertainty(run, config, systematic)
     result = runs[-1]
     exact = problem.exact
+    try:  # the volume-scaling λ̂ from the same draws (rllc.estimators.volume)
+        vol = volume_scaling(result.loss - result.init_loss, result.nbeta,
+                             diverged=result.diverged, burnin=est.burnin)
+    except ValueError:
+        vol = None
     return {
         "llc_mean": est.llc_mean,
         "llc_std": est.llc_std,
@@ -353,5 +361,8 @@ def estimate_dln(
         "llc_stderr_ess": est.llc_stderr_ess,
         "mala_acceptance": float(np.nanmean(result.mala_acceptance)),
         "threads": result.extra.get("threads"),
+        "llc_volume": None if vol is None else vol.llc,
+        "llc_volume_stderr": None if vol is None else vol.stderr,
+        "llc_volume_draws": None if vol is None else vol.draws_in_range,
         "seconds": time.perf_counter() - start,
     }

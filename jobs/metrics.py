@@ -75,14 +75,14 @@ class BaselineOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sequences: int = Field(4, ge=2, description="Data subset: the first N sequences of the "
+    sequences: int = Field(8, ge=2, description="Data subset: the first N sequences of the "
                            "loss dataset (at least 2, for the resample ablation).")
-    probes: int = Field(16, ge=2, description="Hutchinson probe vectors for the Hessian "
+    probes: int = Field(32, ge=2, description="Hutchinson probe vectors for the Hessian "
                         "trace.")
     rank_tol: float = Field(1e-3, description="Hessian rank threshold, relative to the "
                             "largest |eigenvalue|: counts |λ_i| > rank_tol·max|λ|.")
-    rank_probes: int = Field(4, ge=2, description="Stochastic Lanczos quadrature probes.")
-    lanczos_steps: int = Field(20, ge=4, description="Lanczos steps per probe.")
+    rank_probes: int = Field(8, ge=2, description="Stochastic Lanczos quadrature probes.")
+    lanczos_steps: int = Field(24, ge=4, description="Lanczos steps per probe.")
     top_k: int = Field(5, ge=1, description="Top eigenvalues reported with the rank.")
     fisher_samples: int = Field(1, ge=1, description="Draws of y per token for the true "
                                 "Fisher's expectation over the model's distribution.")
