@@ -34,7 +34,12 @@ from torch import Tensor
 
 from rllc.estimators.curvature import hessian_rank, hessian_trace
 from rllc.estimators.fisher import fisher_traces
-from rllc.models.baselines import LayerPrefixes, component_functions, head_ablations
+from rllc.models.baselines import (
+    LayerPrefixes,
+    component_functions,
+    head_ablations,
+    start_layer,
+)
 from rllc.models.components import component_selection, parse_component
 from rllc.models.transformer import AttentionOnlyTransformer
 
@@ -105,7 +110,7 @@ def compute_baselines(
                 res = {"hessian_trace": est.value, "hessian_trace_stderr": est.stderr,
                        "hessian_trace_exact": est.exact, "hessian_trace_probes": est.probes}
             elif metric == Metric.FISHER_TRACE:
-                res = _fisher(model, c, subset, options, seed)
+                res = _fisher(model, c, prefixes, options, seed)
             else:
                 rank = hessian_rank(
                     fns.loss, fns.theta0, rank_tol=options.rank_tol, top_k=options.top_k,
@@ -121,15 +126,16 @@ def compute_baselines(
     return out
 
 
-def _fisher(model: AttentionOnlyTransformer, component: str, subset: Tensor,
+def _fisher(model: AttentionOnlyTransformer, component: str, prefixes: LayerPrefixes,
             options: BaselineOptions, seed: int) -> dict[str, Any]:
     """Both Fisher traces over the subset, one sequence at a time: a token's gradient
     touches only its own sequence, so per-sequence Jacobians cost 1/B of a batched one.
     The per-sequence estimates (mean and standard error over its tokens) are pooled into
     the mean and standard error over all tokens."""
     parts: dict[str, list[tuple[int, float, float]]] = {"true": [], "empirical": []}
-    for i in range(subset.shape[0]):
-        fns = component_functions(model, component, LayerPrefixes(model, subset[i : i + 1]))
+    prefixes.before(start_layer(component))  # once for the subset; each sequence slices it
+    for i in range(prefixes.tokens.shape[0]):
+        fns = component_functions(model, component, prefixes.sequence(i))
         est = fisher_traces(fns.logprobs, fns.theta0, fns.targets,
                             true_samples=options.fisher_samples, seed=seed * 100_003 + i)
         for kind in parts:

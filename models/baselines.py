@@ -61,6 +61,12 @@ class LayerPrefixes:
         self.model, self.tokens = model, tokens
         self._resid: dict[int, Tensor] = {}
 
+    def sequence(self, i: int) -> LayerPrefixes:
+        """The prefixes of sequence ``i`` alone: slices of the streams computed so far."""
+        one = LayerPrefixes(self.model, self.tokens[i : i + 1])
+        one._resid = {k: v[i : i + 1] for k, v in self._resid.items()}
+        return one
+
     def before(self, layer: int) -> Tensor | None:
         """The stream [B, T, D] entering ``layer`` (None for layer 0: the forward starts
         at the embedding)."""

@@ -215,16 +215,10 @@ class AttentionOnlyTransformer(nn.Module):
         work on one layer's heads computes the frozen prefix once. ``z_patches`` maps a
         layer to a ``ZPatch`` of its heads' outputs (reading or ablating them).
         """
-        T = tokens.shape[-1]
-        pos = self.pos_embed.weight[:T]  # [T, D]
-        pos_qk = pos if self.cfg.positional == "shortformer" else None
-        if resid is None:
-            if start_layer:
-                raise ValueError("start_layer needs resid, the stream entering that layer")
-            x = self.embed(tokens)  # [B, T, D]
-            if pos_qk is None:
-                x = x + pos
-        else:
+        if resid is None and start_layer:
+            raise ValueError("start_layer needs resid, the stream entering that layer")
+        x, pos_qk = self._embed(tokens)
+        if resid is not None:
             x = resid
         patches = z_patches or {}
         patterns = []
@@ -238,15 +232,19 @@ class AttentionOnlyTransformer(nn.Module):
             return logits, torch.stack(patterns)
         return logits
 
+    def _embed(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The stream entering block 0 [B, T, D], and the positions added to queries and
+        keys [T, D] (shortformer) or None (residual: already in the stream)."""
+        pos = self.pos_embed.weight[: tokens.shape[-1]]  # [T, D]
+        x = self.embed(tokens)  # [B, T, D]
+        if self.cfg.positional == "shortformer":
+            return x, pos
+        return x + pos, None
+
     @torch.no_grad()
     def residual_before(self, layer: int, tokens: Tensor) -> Tensor:
         """The residual stream [batch, pos, d_model] entering block ``layer``."""
-        T = tokens.shape[-1]
-        x = self.embed(tokens)
-        pos = self.pos_embed.weight[:T]
-        pos_qk = pos if self.cfg.positional == "shortformer" else None
-        if pos_qk is None:
-            x = x + pos
+        x, pos_qk = self._embed(tokens)
         for block in self.blocks[:layer]:
             x, _ = block(x, pos_qk)
         return x
