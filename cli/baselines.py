@@ -28,7 +28,8 @@ def baselines_command(
     ],
     dataset: Annotated[
         str, typer.Option("--dataset", help="train (the model's own mix), code, prose, "
-                          "induction, dyck, ngram, or a URI of tokens / text.")
+                          "induction, dyck, ngram, generated (sampled from the "
+                          "checkpoint itself), or a URI of tokens / text.")
     ] = "train",
     metrics: Annotated[
         str | None, typer.Option("--metrics", help=f"Comma-separated subset of {METRICS_HELP} "

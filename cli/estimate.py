@@ -140,7 +140,8 @@ def model(
     ],
     dataset: Annotated[
         str, typer.Option("--dataset", help="train (the model's own mix), code, prose, "
-                          "induction, dyck, ngram, or a URI of tokens / text.")
+                          "induction, dyck, ngram, generated (sampled from the "
+                          "checkpoint itself), or a URI of tokens / text.")
     ] = "train",
     sequences: Annotated[
         int, typer.Option("--sequences", min=1, help="n, sequences in the loss dataset.")

@@ -9,6 +9,7 @@ import typer
 
 from . import baselines as baselines_cli
 from . import common, estimate, query
+from . import demo as demo_cli
 from . import heads as heads_cli
 from . import sweep as sweep_cli
 from . import train as train_cli
@@ -28,6 +29,8 @@ app.command("train")(train_cli.train_command)
 app.command("heads")(heads_cli.heads_command)
 app.command("baselines")(baselines_cli.baselines_command)
 app.add_typer(tune_cli.app, name="tune")
+app.command("demo")(demo_cli.demo_command)
+app.command("report")(demo_cli.report_command)
 
 
 @app.callback()

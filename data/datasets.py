@@ -4,7 +4,9 @@ Built-in sources: ``code``, ``prose`` (text, see ``rllc.data.text``; sequences a
 windows at seeded random offsets of the split's token stream) and ``induction``, ``dyck``,
 ``ngram`` (synthetic, see ``rllc.data.synthetic``; the eval split uses seeds that
 training never draws). ``train`` is the model's training mix (``DataMix``). Anything else
-is a user corpus URI (``rllc.data.user``).
+is a user corpus URI (``rllc.data.user``). ``generated`` (text sampled from the checkpoint
+being measured, ``rllc.models.generate``) is a dataset name too, but needs the model: the
+checkpoint session makes it (``rllc.jobs.session``), not ``load_dataset``.
 
 Every array is a pure function of (tokenizer, mix, n_ctx, split, n_sequences, seed).
 """
@@ -26,6 +28,10 @@ TEXT_SOURCES = ("code", "prose")
 SYNTHETIC_SOURCES = ("induction", "dyck", "ngram")
 SOURCES = TEXT_SOURCES + SYNTHETIC_SOURCES
 DATASETS = ("train", *SOURCES)
+#: Text sampled from the checkpoint itself; made by ``rllc.jobs.session``, which has the model.
+GENERATED = "generated"
+#: Every dataset name a spec or command accepts: ``DATASETS`` and ``generated``.
+DATASET_NAMES = (*DATASETS, GENERATED)
 
 _EVAL_STREAM = 0xE7A1  # seed-stream tag of eval-split synthetic data (never used in training)
 
@@ -167,13 +173,19 @@ def load_dataset(
         raise ValueError(f"need n_sequences ≥ 1 and n_ctx ≥ 2, got {n_sequences}, {n_ctx}")
     split = check_split(split)
     mix = DataMix.model_validate(mix) if isinstance(mix, dict) else (mix or DataMix())
+    if name_or_uri == GENERATED:
+        raise ValueError(
+            "dataset 'generated' is sampled from the checkpoint being measured, so it needs "
+            "a model: it is made by a checkpoint session (rllc.jobs.session."
+            "CheckpointSession.dataset), not by load_dataset"
+        )
     if name_or_uri == "train":
         arr = mix_batch(mix, tokenizer, n_sequences, n_ctx, split, seed)
     elif name_or_uri in SOURCES:
         arr = source_batch(name_or_uri, tokenizer, n_sequences, n_ctx, split, seed, mix)
     elif not is_uri(name_or_uri):
         raise ValueError(
-            f"unknown dataset {name_or_uri!r}; valid names: {', '.join(DATASETS)}, "
+            f"unknown dataset {name_or_uri!r}; valid names: {', '.join(DATASET_NAMES)}, "
             "or a path / s3:// URI of a text file, .npy or Zarr token array"
         )
     else:

@@ -25,7 +25,7 @@ import torch
 
 from rllc.estimators import AllChainsDivergedError, SamplingResult
 from rllc.kernels.threads import use_threads
-from rllc.store import CellKey, open_store
+from rllc.store import CellKey, files, open_store
 
 from .metrics import Metric, flatten
 from .session import CheckpointSession
@@ -54,6 +54,12 @@ def cell_summary(key: CellKey, result: SamplingResult | None) -> dict[str, Any]:
     }
 
 
+def dataset_cache(store: str) -> str:
+    """The folder of a sweep store where sessions cache datasets sampled from the
+    checkpoints (``generated``): ``<store>/cache/datasets``."""
+    return files.join(store, "cache", "datasets")
+
+
 class CheckpointWorker:
     """Samples cells and writes each into the sweep's store, holding one checkpoint at a
     time: the checkpoint of the cell at hand, loaded on first use and kept for the next
@@ -79,8 +85,10 @@ class CheckpointWorker:
             self.session = None  # free the old model first: one checkpoint per device
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            # the generated dataset is kept in the store, so a resume sees the same tokens
             self.session = CheckpointSession(checkpoint, self.plan.spec.data,
-                                             compute=self.plan.spec.compute)
+                                             compute=self.plan.spec.compute,
+                                             cache=dataset_cache(self.plan.store))
         return self.session
 
     def where(self) -> dict[str, Any]:
@@ -93,21 +101,26 @@ class CheckpointWorker:
         }
 
     def run_unit(self, keys: list[CellKey]) -> list[dict[str, Any]]:
-        """Sample cells that share checkpoint, dataset and seed in one batched call (a
-        layer's heads, see ``SweepPlan.units``), store each cell's traces, return their
-        summaries."""
+        """Sample cells that share checkpoint, dataset, seed and sampler config in one
+        batched call (a layer's heads, see ``SweepPlan.units``), store each cell's traces,
+        return their summaries."""
         keys = [CellKey(*k) for k in keys]
         first = keys[0]
         if any((k.checkpoint, k.dataset, k.seed) != (first.checkpoint, first.dataset,
                                                       first.seed) for k in keys):
             raise ValueError("a work unit's cells must share checkpoint, dataset and seed")
+        # the sampler settings may differ by component (component_samplers): a unit's
+        # cells share them (SweepPlan.units)
+        config = self.plan.cell_config(first.seed, first.component)
+        if any(self.plan.cell_config(k.seed, k.component) != config for k in keys):
+            raise ValueError("a work unit's cells must share their sampler config "
+                             "(component_samplers)")
         session = self.load(first.checkpoint)
         components = [k.component for k in keys]
         spec = self.plan.spec
         results: dict[str, SamplingResult | None] = dict.fromkeys(components)
         if Metric.LLC in spec.metrics:
-            results |= session.sample_many(components, first.dataset,
-                                           self.plan.cell_config(first.seed))
+            results |= session.sample_many(components, first.dataset, config)
         metrics = {c: {} for c in components}
         if any(m != Metric.LLC for m in spec.metrics):
             found = session.baselines(components, first.dataset, spec.metrics, spec.baselines,

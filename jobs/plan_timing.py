@@ -63,9 +63,12 @@ def time_plan(plan: SweepPlan, steps: int = 4) -> Timing:
         config = plan.cell_config(first.seed)
         session.init_loss(first.dataset, config, plan.spec.compute.precision)
         load = time.perf_counter() - start
-        probe = config.model_copy(update={"draws": steps + 1, "burnin": 0, "steps_per_draw": 1})
+        probe_fields = {"draws": steps + 1, "burnin": 0, "steps_per_draw": 1}
         per_unit = []
         for unit in units if Metric.LLC in plan.spec.metrics else []:
+            # the unit's own sampler settings (component_samplers)
+            probe = plan.cell_config(first.seed, unit[0].component).model_copy(
+                update=probe_fields)
             stamps: list[float] = []  # when each step ended
 
             def stamp(step: int, total: int, stamps=stamps) -> None:

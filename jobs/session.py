@@ -8,17 +8,27 @@ config fields ``full_data_loss`` reads), so every cell reuses it via ``init_loss
 Cells go through ``rllc.models.fastpath.sample_heads``: heads of an attention-only model
 take the head fast path (several heads of one layer sampled as one batch when asked
 together, ``sample_many``), other components the general vectorized sampler.
+
+The dataset ``generated`` is text sampled from the checkpoint itself
+(``rllc.models.generate.sample_sequences``); with ``cache=`` (a sweep's
+``<store>/cache/datasets``) its tokens are written once, as ``.npy``, and read back by
+every later session of the same checkpoint and data options, so a resumed sweep sees the
+same tokens.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from rllc.data.datasets import load_dataset
+from rllc.data.datasets import GENERATED, load_dataset
 from rllc.estimators import SamplingResult, SGLDConfig, frozen_state, full_data_loss, sample
 from rllc.kernels.precision import Precision, parse_precision
 from rllc.models.checkpoint import load_checkpoint
@@ -30,11 +40,23 @@ from rllc.models.fastpath import (
     sample_heads,
     takes_fast_path,
 )
+from rllc.models.generate import sample_sequences
 from rllc.models.objective import lm_objective
+from rllc.store import files
 
 from .baselines import compute_baselines
 from .metrics import BaselineOptions, Metric
 from .spec import ComputeOptions, DataOptions
+
+#: Seed-stream tag of the ``generated`` dataset (mixed with ``data.seed``).
+_GENERATED_STREAM = 0x6E4E
+#: Sampling temperature of the ``generated`` dataset (the model's own distribution).
+GENERATED_TEMPERATURE = 1.0
+
+
+def generated_seed(data_seed: int) -> int:
+    """The sampling seed of the ``generated`` dataset for the spec's ``data.seed``."""
+    return int(np.random.SeedSequence([_GENERATED_STREAM, int(data_seed)]).generate_state(1)[0])
 
 
 def default_device() -> str:
@@ -51,8 +73,12 @@ class CheckpointSession:
         data: DataOptions | None = None,
         device: str | None = None,
         compute: ComputeOptions | None = None,
+        cache: str | None = None,
     ) -> None:
+        """``cache``: a directory (local path or ``s3://`` URI) where the ``generated``
+        dataset's tokens are kept between sessions (None: sampled anew each session)."""
         self.checkpoint = checkpoint
+        self.cache = cache
         self.compute = compute or ComputeOptions()
         self.device = device or default_device()
         self.model, self.tokenizer, self.meta = load_checkpoint(checkpoint, self.device)
@@ -75,7 +101,10 @@ class CheckpointSession:
 
     def dataset(self, name: str) -> Tensor:
         """The loss dataset ``name`` as tokens ``[n_sequences, n_ctx]`` on the device;
-        ``train`` is the checkpoint's own training mix (its ``meta["data"]``)."""
+        ``train`` is the checkpoint's own training mix (its ``meta["data"]``),
+        ``generated`` text sampled from the checkpoint itself (``generated()``)."""
+        if name == GENERATED and name not in self._datasets:
+            self._datasets[name] = self.generated().to(self.device)
         if name not in self._datasets:
             tokens = load_dataset(
                 name,
@@ -88,6 +117,42 @@ class CheckpointSession:
             )
             self._datasets[name] = tokens.to(self.device)
         return self._datasets[name]
+
+    def generated_key(self) -> str:
+        """A short hash of what the ``generated`` tokens depend on: the checkpoint (URI
+        and step), ``data.n_sequences``, the sequence length, the seed and temperature."""
+        what = [self.checkpoint, self.step, self.data.n_sequences, self.n_ctx,
+                generated_seed(self.data.seed), GENERATED_TEMPERATURE]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+
+    def generated_uri(self) -> str | None:
+        """Where the ``generated`` tokens are cached (None without a cache)."""
+        if self.cache is None:
+            return None
+        return files.join(self.cache, f"{GENERATED}-{self.generated_key()}.npy")
+
+    def generated(self) -> Tensor:
+        """The ``generated`` dataset, ``LongTensor[n_sequences, n_ctx]`` on the CPU:
+        ``data.n_sequences`` sequences sampled from the model (temperature 1, seed from
+        ``data.seed``; ``data.split`` does not apply). With a cache, read from it when
+        there, else sampled and written there (the write is atomic on local disks)."""
+        uri = self.generated_uri()
+        want = (self.data.n_sequences, self.n_ctx)
+        if uri is not None and files.exists(uri):
+            arr = np.load(io.BytesIO(files.read_bytes(uri)), allow_pickle=False)
+            if arr.shape != want or arr.dtype != np.int64:
+                raise ValueError(f"cached generated dataset {uri} holds {arr.dtype} "
+                                 f"{list(arr.shape)}, expected int64 {list(want)}; delete it "
+                                 "to sample it again")
+            return torch.from_numpy(arr)
+        tokens = sample_sequences(self.model, self.data.n_sequences, self.n_ctx,
+                                  seed=generated_seed(self.data.seed),
+                                  temperature=GENERATED_TEMPERATURE)
+        if uri is not None:
+            buf = io.BytesIO()
+            np.save(buf, tokens.numpy(), allow_pickle=False)
+            files.write_bytes(uri, buf.getvalue())
+        return tokens
 
     def init_loss(self, name: str, config: SGLDConfig,
                   precision: Precision = Precision.FLOAT32,

@@ -7,6 +7,9 @@
     seeds: [0, 1]
     sampler: {step_size: 1e-3, localization: 200, nbeta: 30, chains: 4, draws: 200}
                                        # or: "tuned:<path of a JSON sampler config>"
+    component_samplers:                # optional: ε, γ, nβ per component pattern
+      "0:*": {step_size: 3e-3, localization: 300}
+      "1:*": "tuned:./rllc-store#demo-tune-l1"
     store: ./rllc-store                # or s3://bucket/prefix
     data: {n_sequences: 256}           # how each loss dataset is drawn
     compute: {precision: float32, batch_heads: true}   # how head cells are computed
@@ -16,7 +19,9 @@
 
 Relative paths (checkpoints, store, datasets, ``tuned:``) are relative to the working
 directory, as the default store ``./rllc-store`` is; the driver makes them absolute
-before workers see them. Each cell's seed replaces ``sampler.seed``.
+before workers see them. Each cell's seed replaces ``sampler.seed``; a cell whose
+component matches a ``component_samplers`` pattern (fnmatch, the first in mapping order)
+takes that pattern's ``step_size``, ``localization`` and ``nbeta`` (``SweepSpec.sampler_for``).
 
 Validation here is pure (no files except a ``tuned:`` sampler); what needs the
 checkpoints (globs, head ranges) is checked by ``rllc.jobs.sweep_plan.resolve``. Every
@@ -27,13 +32,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from rllc.data.datasets import DATASETS
+from rllc.data.datasets import DATASET_NAMES
 from rllc.data.user import is_uri
 from rllc.estimators import SelectionError, SGLDConfig
 from rllc.kernels.precision import HELP as PRECISION_HELP
@@ -131,6 +144,58 @@ class Resources(BaseModel):
         return v
 
 
+#: The sampler settings a spec may set per component (``component_samplers``); the rest
+#: (chains, draws, batch size, burn-in, estimator, …) shape or read the stored traces and
+#: are the sweep's.
+COMPONENT_FIELDS = ("step_size", "localization", "nbeta")
+
+
+class ComponentSampler(BaseModel):
+    """Sampler settings of the components that match one pattern of
+    ``component_samplers``: each given field replaces the sweep sampler's. Given as a
+    mapping, or as ``tuned:<path>`` / ``tuned:<store URI>#<tune id>`` (``read_tuned``), of
+    which only these fields are taken."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step_size: float | None = Field(None, description="ε of these components.")
+    localization: float | None = Field(None, description="γ of these components.")
+    nbeta: float | None = Field(None, description="nβ of these components.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tuned_or_mapping(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.startswith(TUNED):
+                raise ValueError(f"expected a mapping of {', '.join(COMPONENT_FIELDS)} or "
+                                 f"'tuned:<path>', got {v!r}")
+            tuned = read_tuned(v.removeprefix(TUNED))
+            return {k: tuned[k] for k in COMPONENT_FIELDS if tuned.get(k) is not None}
+        if isinstance(v, dict):
+            other = [k for k in v if k not in COMPONENT_FIELDS]
+            if other:
+                raise ValueError(
+                    f"only {', '.join(COMPONENT_FIELDS)} may differ per component, not "
+                    f"{', '.join(map(str, other))} (set those in sampler: they shape the "
+                    "sweep's stored traces and estimates)"
+                )
+        return v
+
+    @field_validator(*COMPONENT_FIELDS)
+    @classmethod
+    def _valid(cls, v: float | None, info) -> float | None:
+        if v is not None:  # the sampler's own checks and messages
+            try:
+                SGLDConfig.model_validate({info.field_name: v})
+            except ValidationError as err:
+                raise ValueError(err.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return v
+
+    def overrides(self) -> dict[str, float]:
+        """The fields this entry sets."""
+        return self.model_dump(exclude_none=True)
+
+
 class SweepSpec(BaseModel):
     """A sweep: checkpoints × components × datasets × seeds, one SGLD run per cell."""
 
@@ -155,6 +220,13 @@ class SweepSpec(BaseModel):
         default_factory=SGLDConfig,
         description="SGLD settings (each cell's seed replaces sampler.seed), or the string "
         "'tuned:<path>' of a JSON file holding them (e.g. `rllc tune --json` output).",
+    )
+    component_samplers: dict[str, ComponentSampler] = Field(
+        default_factory=dict,
+        description="Sampler settings per component pattern (fnmatch on the cell's "
+        'component label: "0:*" matches 0:3, "all" only all; the first matching pattern '
+        "wins, cells matching none use sampler): a mapping of step_size, localization, "
+        "nbeta, or 'tuned:<path>' / 'tuned:<store URI>#<tune id>' (only those fields).",
     )
     store: str = Field(DEFAULT_STORE, description="Trace store: a path or s3://bucket/prefix.")
     data: DataOptions = Field(default_factory=DataOptions)
@@ -207,6 +279,30 @@ class SweepSpec(BaseModel):
             check_dataset(name)
         return v
 
+    @field_validator("component_samplers", mode="before")
+    @classmethod
+    def _patterns(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            bad = [k for k in v if not isinstance(k, str) or not k.strip()]
+            if bad:
+                raise ValueError(f"patterns must be non-empty strings, got {bad}")
+        return v
+
+    def component_pattern(self, component: str) -> str | None:
+        """The first ``component_samplers`` pattern that ``component`` matches, or None."""
+        for pattern in self.component_samplers:
+            if fnmatchcase(component, pattern):
+                return pattern
+        return None
+
+    def sampler_for(self, component: str | None) -> SGLDConfig:
+        """The sampler config of ``component``'s cells: ``sampler`` with the settings of
+        its ``component_samplers`` pattern, if one matches (None: ``sampler``)."""
+        pattern = None if component is None else self.component_pattern(component)
+        if pattern is None:
+            return self.sampler
+        return self.sampler.model_copy(update=self.component_samplers[pattern].overrides())
+
     @field_validator("sampler", mode="before")
     @classmethod
     def _tuned(cls, v: Any) -> Any:
@@ -218,10 +314,11 @@ class SweepSpec(BaseModel):
 
 
 def check_dataset(name: str) -> str:
-    """``name`` if it is a built-in dataset or looks like a URI, else ``ValueError``."""
-    if name not in DATASETS and not is_uri(name):
+    """``name`` if it is a built-in dataset (``generated`` among them: text sampled from
+    the checkpoint itself) or looks like a URI, else ``ValueError``."""
+    if name not in DATASET_NAMES and not is_uri(name):
         raise ValueError(
-            f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, or a "
+            f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}, or a "
             "path / s3:// URI of a text file, .npy or Zarr token array"
         )
     return name

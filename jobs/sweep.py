@@ -173,11 +173,17 @@ def prepare_store(plan: SweepPlan, resume: bool) -> TraceStore:
 
 
 def recorded_compute(spec: SweepSpec) -> dict[str, Any]:
-    """The compute settings fixed with the sweep: ``compute``, and the baselines' options
-    where the spec computes baselines (they change the numbers as the precision does)."""
+    """The compute settings fixed with the sweep: ``compute``, the baselines' options
+    where the spec computes baselines (they change the numbers as the precision does),
+    and the per-component sampler settings where it has any (``component_samplers``: a
+    resume must sample every cell as it started; the sweep's own sampler config is
+    compared by the store)."""
     out = spec.compute.model_dump(mode="json")
     if any(m != Metric.LLC for m in spec.metrics):
         out["baselines"] = spec.baselines.model_dump(mode="json")
+    if spec.component_samplers:  # pattern order matters (the first match wins): a list
+        out["component_samplers"] = [[pattern, entry.overrides()]
+                                     for pattern, entry in spec.component_samplers.items()]
     return out
 
 

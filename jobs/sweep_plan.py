@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rllc.data.datasets import DATASETS
+from rllc.data.datasets import DATASET_NAMES
 from rllc.estimators import SelectionError, SGLDConfig
 from rllc.models.checkpoint import CheckpointError, list_checkpoints, read_meta, step_of
 from rllc.models.components import component_selection, expand_components, parse_component
@@ -29,7 +29,7 @@ from rllc.models.transformer import AttentionOnlyTransformer, TransformerConfig
 from rllc.store import CellKey, SweepGrid, files
 
 from .metrics import Metric
-from .spec import SpecError, SweepSpec
+from .spec import COMPONENT_FIELDS, SpecError, SweepSpec
 
 _GLOB_CHARS = "*?["
 
@@ -53,9 +53,16 @@ class SweepPlan:
         """The sweep's sampler config (stored with the traces)."""
         return self.spec.sampler
 
-    def cell_config(self, seed: int) -> SGLDConfig:
-        """The sampler config of a cell: the sweep's, with the cell's seed."""
-        return self.config.model_copy(update={"seed": int(seed)})
+    def cell_config(self, seed: int, component: str | None = None) -> SGLDConfig:
+        """The sampler config of a cell: the sweep's, with the settings of the first
+        ``component_samplers`` pattern that ``component`` matches (None: none) and the
+        cell's seed."""
+        return self.spec.sampler_for(component).model_copy(update={"seed": int(seed)})
+
+    def _sampler_key(self, component: str) -> tuple[float | None, ...]:
+        """What may differ between the cells of one checkpoint, dataset and seed."""
+        config = self.spec.sampler_for(component)
+        return tuple(getattr(config, name) for name in COMPONENT_FIELDS)
 
     @property
     def cells(self) -> int:
@@ -64,16 +71,17 @@ class SweepPlan:
     def units(self, cells: Iterable[CellKey]) -> list[tuple[CellKey, ...]]:
         """``cells`` in work units, the order kept: with ``compute.batch_heads`` the heads
         that take the head fast path (``rllc.models.fastpath.takes_fast_path``, on the
-        checkpoint's architecture) and share a layer, checkpoint, dataset and seed form one
-        unit (one batched ``sample_heads`` call); every other cell is a unit of its own."""
+        checkpoint's architecture) and share a layer, checkpoint, dataset, seed and sampler
+        settings (``component_samplers``) form one unit (one batched ``sample_heads``
+        call); every other cell is a unit of its own."""
         groups: dict[tuple, list[CellKey]] = {}
         for key in cells:
             arch = self.models.get(key.checkpoint)
             batch = (self.spec.compute.batch_heads and arch is not None
                      and takes_fast_path(arch, key.component))
             layer = parse_component(key.component).layer if batch else key.component
-            groups.setdefault((key.checkpoint, key.dataset, key.seed, batch, layer),
-                              []).append(key)
+            groups.setdefault((key.checkpoint, key.dataset, key.seed, batch, layer,
+                               self._sampler_key(key.component)), []).append(key)
         return [tuple(g) for g in groups.values()]
 
     @property
@@ -195,7 +203,7 @@ def _datasets(names: list[str]) -> list[str]:
     exist before anything runs (S3 objects are left for the workers to read)."""
     out = []
     for name in names:
-        if name in DATASETS or "://" in name:
+        if name in DATASET_NAMES or "://" in name:
             out.append(name)
             continue
         if not os.path.exists(name):
@@ -204,9 +212,24 @@ def _datasets(names: list[str]) -> list[str]:
     return out
 
 
+def _check_patterns(spec: SweepSpec, components: tuple[str, ...]) -> None:
+    """Every ``component_samplers`` pattern must be the first match of some cell's
+    component: one that never is (a typo, or shadowed by an earlier pattern) is an error."""
+    used = {spec.component_pattern(c) for c in components}
+    for pattern in spec.component_samplers:
+        if pattern not in used:
+            raise SpecError(
+                f"component_samplers.{pattern}",
+                f"pattern {pattern!r} is the first match of none of the sweep's components "
+                f"({', '.join(components)}); patterns match component labels with fnmatch, "
+                "the first matching pattern wins",
+            )
+
+
 def resolve(spec: SweepSpec) -> SweepPlan:
     """The grid of ``spec``; ``SpecError`` naming the field if its checkpoints, components
-    or local dataset files do not exist."""
+    or local dataset files do not exist, or a ``component_samplers`` pattern matches none
+    of its components."""
     datasets = _datasets(spec.datasets)
     checkpoints = expand_checkpoints(spec.checkpoints)
     try:
@@ -220,5 +243,6 @@ def resolve(spec: SweepSpec) -> SweepPlan:
         datasets=tuple(datasets),
         seeds=tuple(spec.seeds),
     )
+    _check_patterns(spec, grid.components)
     models = {uri: TransformerConfig.model_validate(m["model"]) for uri, m in metas.items()}
     return SweepPlan(spec=spec, store=absolute(spec.store), grid=grid, models=models)

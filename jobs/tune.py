@@ -359,7 +359,7 @@ def run_tune(
         trials_per_minute=len(rows) / (seconds / 60), stopped_early=_stopped_share(rows, n_stages(ranges)),
         seconds=seconds, confirm=confirm, rows=rows)
     if plot:
-        from .tune_plot import plot_trials
+        from rllc.report.tune_map import plot_trials
 
         report.plot = plot_trials(rows, best_row, kind, plot)
     set_best(trace_store, tune_id, report.best, report.as_dict())

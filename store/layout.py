@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 #: Group kinds a store may hold; each is a top-level folder of the store.
-KINDS = ("sweeps", "tuning")
+KINDS = ("sweeps", "tuning", "reports", "cache")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 

@@ -126,3 +126,21 @@ def s3_bucket(s3_endpoint, request) -> str:
     bucket = f"{name}-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     return f"s3://{bucket}"
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> dict:
+    """``rllc demo --quick --out DIR --json``, run once per session as a user runs it (its
+    own process and Ray runtime): the printed JSON, with ``out`` (DIR) and ``stderr``."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rllc.cli.main", "demo", "--quick", "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"out": str(out),
+                                                               "stderr": proc.stderr}

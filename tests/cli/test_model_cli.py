@@ -38,6 +38,16 @@ def test_cli_estimate_model(tiny_run):
     assert low["precision"] == "bfloat16" and np.isfinite(low["llc_mean"])
 
 
+def test_cli_estimate_model_on_generated_text(tiny_run):
+    """``--dataset generated``: text sampled from the checkpoint itself (no cache)."""
+    args = [*ARGS[:2], tiny_run, *ARGS[2:]]
+    args[args.index("dyck")] = "generated"
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = last_json(res.stdout)
+    assert out["dataset"] == "generated" and np.isfinite(out["llc_mean"])
+
+
 def test_cli_estimate_model_bad_input_exits_2(tiny_run):
     runner = CliRunner()
     res = runner.invoke(app, [*ARGS[:2], tiny_run, "--component", "7:0"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rllc.jobs.session import CheckpointSession
+from rllc.jobs.session import CheckpointSession, generated_seed
 from rllc.jobs.spec import ComputeOptions, DataOptions, parse_spec
 from rllc.kernels.precision import Precision
 
@@ -49,3 +49,38 @@ def test_session_checks_the_context_length(checkpoint):
     tokens = session.dataset("dyck")
     assert tokens.shape == (4, session.model.cfg.n_ctx)
     assert session.dataset("dyck") is tokens  # drawn once
+
+
+def test_generated_dataset_is_sampled_from_the_model_and_cached(checkpoint, tmp_path):
+    """``dataset("generated")``: sequences sampled from the checkpoint itself, written once
+    to the cache and read back, identical, by a fresh session (a resumed sweep)."""
+    from pathlib import Path
+
+    import torch
+
+    from rllc.data import load_dataset
+    from rllc.models.generate import sample_sequences
+
+    cache = str(tmp_path / "cache" / "datasets")
+    data = DataOptions(n_sequences=6, n_ctx=12, seed=2)
+    first = CheckpointSession(checkpoint, data, device="cpu", cache=cache)
+    tokens = first.dataset("generated")
+    assert tokens.shape == (6, 12) and tokens.dtype == torch.long
+    assert first.dataset("generated") is tokens  # drawn once per session
+    path = first.generated_uri()
+    assert path.startswith(cache) and path.endswith(f"generated-{first.generated_key()}.npy")
+    assert np.array_equal(np.load(path), tokens.numpy())
+    stamp = Path(path).stat().st_mtime_ns
+    again = CheckpointSession(checkpoint, data, device="cpu", cache=cache)
+    assert torch.equal(again.dataset("generated"), tokens)
+    assert Path(path).stat().st_mtime_ns == stamp  # read, not written again
+    # what the cache holds is what the session samples without one
+    alone = CheckpointSession(checkpoint, data, device="cpu").dataset("generated")
+    assert torch.equal(alone, tokens)
+    assert torch.equal(tokens, sample_sequences(first.model, 6, 12, seed=generated_seed(2)))
+    other = CheckpointSession(checkpoint, data.model_copy(update={"seed": 3}), device="cpu",
+                              cache=cache)
+    assert other.generated_uri() != path and not torch.equal(other.dataset("generated"),
+                                                              tokens)
+    with pytest.raises(ValueError, match="'generated' is sampled from the checkpoint"):
+        load_dataset("generated", first.tokenizer, 12)

@@ -40,13 +40,25 @@ def spec(**fields) -> dict:
         ({"metrics": ["llc", "hessian"]}, "metrics: unknown metric 'hessian'; known metrics"),
         ({"metrics": []}, "metrics: metrics is empty"),
         ({"baselines": {"rank_tol": 2}}, "baselines.rank_tol: rank_tol must lie in (0, 1)"),
+        ({"component_samplers": {"1:*": {"chains": 8}}},
+         "component_samplers.1:*: only step_size, localization, nbeta may differ per "
+         "component, not chains"),
+        ({"component_samplers": {"1:*": {"step_size": 0}}},
+         "component_samplers.1:*.step_size: step_size (ε) must be a finite number > 0"),
+        ({"component_samplers": {"1:*": {"nbeta": -1}}},
+         "component_samplers.1:*.nbeta: nbeta (nβ) must be"),
+        ({"component_samplers": {"1:*": "fast"}},
+         "component_samplers.1:*: expected a mapping of step_size, localization, nbeta"),
+        ({"component_samplers": {"1:*": "tuned:/no/such.json"}},
+         "component_samplers.1:*: tuned sampler file not found"),
+        ({"component_samplers": ["1:*"]}, "component_samplers: Input should be a valid dict"),
     ],
 )
 def test_spec_errors_name_the_field(change, message):
     with pytest.raises(SpecError) as err:
         parse_spec(spec(**change))
     assert str(err.value).startswith(message), str(err.value)
-    assert err.value.field == message.split(":")[0]
+    assert err.value.field == message.split(": ")[0]
 
 
 def test_defaults_and_precision_type():
@@ -81,3 +93,33 @@ def test_load_spec_files(tmp_path):
         load_spec(path)
     with pytest.raises(FileNotFoundError, match="spec file not found"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_generated_dataset_is_a_dataset_name():
+    assert parse_spec(spec(datasets=["generated", "dyck"])).datasets == ["generated", "dyck"]
+    with pytest.raises(SpecError, match=r"datasets: unknown dataset 'generate'; valid names: "
+                       r".*ngram, generated"):
+        parse_spec(spec(datasets=["generate"]))
+
+
+def test_component_samplers_first_matching_pattern_wins(tmp_path):
+    """ε, γ, nβ per component pattern (fnmatch, mapping order); tuned: takes only those
+    three fields of the tuned config; other cells keep the sweep's sampler."""
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"best": SAMPLER | {"step_size": 5e-4, "localization": 50.0,
+                                                    "nbeta": 7.0, "draws": 99}}))
+    parsed = parse_spec(spec(components=["0:*", "1:*", "all"], component_samplers={
+        "0:1": {"nbeta": 3},
+        "0:*": {"step_size": 3e-3, "localization": 300},
+        "1:*": f"tuned:{tuned}",
+    }))
+    base = parsed.sampler
+    assert parsed.sampler_for("0:1") == base.model_copy(update={"nbeta": 3.0})
+    assert parsed.sampler_for("0:0") == base.model_copy(update={"step_size": 3e-3,
+                                                               "localization": 300.0})
+    assert parsed.sampler_for("1:0") == base.model_copy(update={
+        "step_size": 5e-4, "localization": 50.0, "nbeta": 7.0})  # not draws
+    assert parsed.sampler_for("all") == parsed.sampler_for(None) == base
+    assert parsed.component_pattern("1:*") == "1:*" and parsed.component_pattern("all") is None
+    assert list(parsed.model_dump(mode="json")["component_samplers"]) == ["0:1", "0:*", "1:*"]
+    assert parse_spec(spec()).component_samplers == {}

@@ -202,6 +202,41 @@ class TestLocalRay:
         rows = llc_table(open_sweep(str(tmp_path / "only"), "tiny"), metrics=["ablation"])
         assert all(np.isnan(r["llc_mean"]) and np.isfinite(r["ablation_zero"]) for r in rows)
 
+    def test_component_samplers_and_generated_data(self, make_spec, tiny_run, tmp_path):
+        """Per-component sampler settings: layer 1's cells are sampled and stored with
+        their own nβ, which the query's λ̂ uses; the ``generated`` dataset (sampled from
+        the checkpoint) is cached in the store once; a resume with other overrides is
+        refused."""
+        store = str(tmp_path / "store")
+        fields = {"checkpoints": [tiny_run + "/ckpt-0000004"], "components": ["0:*", "1:*"],
+                  "datasets": ["dyck", "generated"], "seeds": [0],
+                  "component_samplers": {"1:*": {"nbeta": 25}}}
+        spec = parse_spec(make_spec(store, **fields))
+        report = run_sweep(spec, progress=False)
+        assert (report.cells_done, report.cells_failed) == (8, 0)
+        ds = open_sweep(store, "tiny")
+        nbeta = ds["nbeta"].sel(checkpoint=tiny_run + "/ckpt-0000004", seed=0)
+        assert (nbeta.sel(component=["1:0", "1:1"]).values == 25).all()
+        assert (nbeta.sel(component=["0:0", "0:1"]).values == make_spec.SAMPLER["nbeta"]).all()
+        cached = list(Path(store, "cache", "datasets").glob("generated-*.npy"))
+        assert len(cached) == 1 and np.load(cached[0]).shape == (32, 32)
+        rows = {(r["component"], r["dataset"]): r for r in llc_table(ds)}
+        assert len(rows) == 8 and all(np.isfinite(r["llc_mean"]) for r in rows.values())
+        # λ̂ = nβ·(…) with each cell's own nβ: with layer 1's set back to the base nβ, its
+        # estimates scale by 10/25 and layer 0's stay
+        base = {(r["component"], r["dataset"]): r for r in llc_table(ds.assign(
+            nbeta=ds["nbeta"] * 0 + make_spec.SAMPLER["nbeta"]))}
+        for key, row in rows.items():
+            scale = 25 / make_spec.SAMPLER["nbeta"] if key[0].startswith("1:") else 1.0
+            assert row["llc_mean"] == pytest.approx(scale * base[key]["llc_mean"], rel=1e-9)
+        again = run_sweep(spec, resume=True, progress=False)
+        assert (again.cells_run, again.cells_skipped) == (0, 8)
+        other = parse_spec(make_spec(store, **fields | {
+            "component_samplers": {"1:*": {"nbeta": 20}}}))
+        with pytest.raises(LayoutMismatchError, match=r"different compute settings "
+                           r"\(component_samplers: "):
+            run_sweep(other, resume=True, progress=False)
+
 
 # ---- 2. a node dies mid-sweep --------------------------------------------------------------
 

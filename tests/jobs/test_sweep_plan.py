@@ -22,6 +22,10 @@ from rllc.jobs.sweep_plan import resolve
         ({"datasets": ["/no/such/tokens.npy"]}, "datasets: no such file"),
         ({"data": {"n_sequences": 32, "n_ctx": 4096}},
          "data.n_ctx: 4096 exceeds the context length"),
+        ({"component_samplers": {"1:*": {"nbeta": 3}}},
+         "component_samplers.1:*: pattern '1:*' is the first match of none"),
+        ({"component_samplers": {"0:*": {"nbeta": 3}, "0:1": {"nbeta": 4}}},
+         "component_samplers.0:1: pattern '0:1' is the first match of none"),
     ],
 )
 def test_resolve_errors_name_the_field(make_spec, change, message):
@@ -81,3 +85,20 @@ def test_units_batch_a_layers_heads(make_spec, tiny_run):
     kept = resolve(parse_spec(spec | {"expand_layers": False}))
     kept_units = kept.units(kept.grid.cells())
     assert len(kept_units) == 6 and all(len(u) == 1 for u in kept_units)
+
+
+def test_units_split_heads_whose_sampler_settings_differ(make_spec, tiny_run):
+    """component_samplers: a cell's config is the first matching pattern's; heads of one
+    layer with different settings are sampled in different units, heads with the same
+    ones (even under two patterns) in one."""
+    spec = make_spec("s", components=["0:*", "1:*"], seeds=[0],
+                     checkpoints=[tiny_run + "/ckpt-0000004"],
+                     component_samplers={"0:1": {"step_size": 3e-4}, "1:0": {"nbeta": 5},
+                                         "1:*": {"nbeta": 5}})
+    p = resolve(parse_spec(spec))
+    units = sorted(tuple(k.component for k in u) for u in p.units(p.grid.cells()))
+    assert units == [("0:0",), ("0:1",), ("1:0", "1:1")]
+    assert p.cell_config(3, "0:1") == p.config.model_copy(update={"step_size": 3e-4,
+                                                                  "seed": 3})
+    assert p.cell_config(3, "1:1").nbeta == 5 and p.cell_config(3, "0:0").nbeta == 10
+    assert p.cell_config(3) == p.config.model_copy(update={"seed": 3})
