@@ -7,7 +7,7 @@ Both libraries sample the same function (rllc's weights loaded into a Transforme
 ``create_param_masks(model, "l0h1")``; rllc: ``sample_heads``). The two sides run
 alternately, each in its own process (devinterp with default process settings, rllc with
 ``sample_heads``'s CPU tuning), and the median ratio of their times is reported, with
-both sets of estimates (2-standard-error agreement rule of docs/cli.md §7) and rllc's achieved
+both sets of estimates (2-standard-error agreement rule of docs/cli.md §6) and rllc's achieved
 GFLOP/s against a matmul peak measured here. By default all chains share their
 minibatches, as both libraries do by default; with ``--independent-batches`` every chain
 has its own on both sides, so chains are independent and the ESS-based standard errors
@@ -366,7 +366,7 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 5
 
 
 def agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """docs/cli.md §7: a ± SEa and b ± SEb agree when |a − b| ≤ 2·√(SEa² + SEb²)."""
+    """docs/cli.md §6: a ± SEa and b ± SEb agree when |a − b| ≤ 2·√(SEa² + SEb²)."""
     return abs(a[0] - b[0]) <= 2 * math.hypot(a[1], b[1])
 
 

@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from . import baselines as baselines_cli
+from . import client as client_cli
 from . import common, estimate, query
 from . import demo as demo_cli
 from . import heads as heads_cli
+from . import serve as serve_cli
 from . import sweep as sweep_cli
 from . import train as train_cli
 from . import tune as tune_cli
@@ -31,6 +33,10 @@ app.command("baselines")(baselines_cli.baselines_command)
 app.add_typer(tune_cli.app, name="tune")
 app.command("demo")(demo_cli.demo_command)
 app.command("report")(demo_cli.report_command)
+app.command("serve")(serve_cli.serve_command)
+app.command("submit")(client_cli.submit_command)
+app.command("status")(client_cli.status_command)
+app.command("cancel")(client_cli.cancel_command)
 
 
 @app.callback()

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from rllc.store import DEFAULT_STORE, QueryError, StoreError, llc_table, open_store
-from rllc.store.query import ROW_KEYS, columns_of
+from rllc.store import DEFAULT_STORE, QueryError, StoreError, open_store
+from rllc.store.query import ROW_KEYS, llc_query
 
 from .common import JsonFlag, UsageError, emit, handle_errors, table
 
@@ -62,45 +62,61 @@ def query(
         str | None, typer.Option("--tuning", metavar="[ID]", help="List the trials of a "
                                  "tune (rllc tune) instead; without ID, the store's only one.")
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", metavar="URL", envvar="RLLC_SERVER", show_envvar=True,
+                     help="Ask rllc serve at URL (GET /sweeps/ID/llc, token from RLLC_TOKEN) "
+                     "instead of reading STORE."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """LLC per (checkpoint, component, dataset): mean, std and standard error over the
     chains of every done seed, recomputed from the stored loss traces."""
     if tuning is not None:
+        if server:
+            raise UsageError("--tuning reads a store; it does not go through --server")
         return _tuning(store, tuning, fmt, as_json)
     if burnin is not None and burnin != "auto":
         try:
             burnin = int(burnin)
         except ValueError:
             raise UsageError(f"--burnin must be a number of draws or auto, got {burnin!r}") from None
-    try:
-        ts = open_store(store, read_only=True)
-        sweep_id = ts.resolve_sweep(sweep)
-        ds = ts.open_sweep(sweep_id)
-        config = ds.attrs.get("sgld_config", {})
-        rows = llc_table(
-            ds,
-            component=component,
-            dataset=dataset,
-            checkpoint=checkpoint,
-            burnin=burnin,
-            estimator=estimator,
-            metrics=metric or None,
-        )
-    except (QueryError, StoreError) as err:  # bad store, sweep id, filter or burn-in
-        raise UsageError(str(err)) from err
-    result = {
-        "rows": rows,
-        "store": store,
-        "sweep": sweep_id,
-        "burnin": config.get("burnin") if burnin is None else burnin,
-        "estimator": estimator or config.get("estimator"),
-        "columns": [*COLUMNS, *columns_of(ds, metric)] if metric else list(COLUMNS),
-    }
+    if server:
+        result = _remote(server, sweep, component=component, dataset=dataset,
+                         checkpoint=checkpoint, burnin=burnin, estimator=estimator,
+                         metrics=metric or None)
+    else:
+        result = _local(store, sweep, component=component, dataset=dataset,
+                        checkpoint=checkpoint, burnin=burnin, estimator=estimator,
+                        metrics=metric or None)
     if fmt is Format.csv and not as_json:
         emit(result, False, _csv)
     else:
         emit(result, as_json or fmt is Format.json, _human)
+
+
+def _local(store: str, sweep: str | None, **query: Any) -> dict[str, Any]:
+    try:
+        return llc_query(store, sweep, **query)
+    except (QueryError, StoreError) as err:  # bad store, sweep id, filter or burn-in
+        raise UsageError(str(err)) from err
+
+
+def _remote(server: str, sweep: str | None, **query: Any) -> dict[str, Any]:
+    """The same table from the server; without ``--sweep``, the server's only sweep."""
+    from .client import remote
+
+    def call(client) -> dict[str, Any]:
+        name = sweep
+        if name is None:
+            known = [s["sweep"] for s in client.list()]
+            if len(known) != 1:
+                raise UsageError(f"server {server} has {len(known)} sweeps; name one with "
+                                 f"--sweep{': ' + ', '.join(known) if known else ''}")
+            name = known[0]
+        return client.query(name, **query)
+
+    return remote(server, call)
 
 
 def _human(result: dict[str, Any]) -> str:

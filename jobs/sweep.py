@@ -32,7 +32,7 @@ import math
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +61,8 @@ class SweepReport:
     seconds: float
     cells_skipped: int = 0
     summaries: list[dict[str, Any]] = field(default_factory=list)
+    #: ``should_stop`` ended the run before every cell was tried (``run_sweep``)
+    stopped: bool = False
 
     @property
     def cells_run(self) -> int:
@@ -203,7 +205,8 @@ class _Driver:
     kills its actor, freeing its resources.
     """
 
-    def __init__(self, plan: SweepPlan, store: TraceStore, todo: list[CellKey], bar) -> None:
+    def __init__(self, plan: SweepPlan, store: TraceStore, todo: list[CellKey], bar,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         import ray
 
         from rllc.kernels.threads import choose_threads
@@ -223,16 +226,25 @@ class _Driver:
         self.attempts: Counter[Unit] = Counter()
         self.summaries: dict[CellKey, dict[str, Any]] = {}
         self.failed = 0
+        self.should_stop, self.stopped = should_stop, False
         # The plan is small (labels and settings), so it travels inline with each actor's
         # creation: an actor restarted on another node must not depend on an object that
         # lived on a node that died (ray-project/ray#53727).
         self.worker_cls = ray.remote(CheckpointWorker)
 
     def run(self) -> list[dict[str, Any]]:
+        """Run every queued unit; with ``should_stop``, check it between waits and, once
+        it says so, submit nothing more and kill the workers (the ``finally``): cells
+        already stored stay done, units in flight are abandoned (their ``done`` flags are
+        not set, so a resume runs them)."""
+        timeout = 5.0 if self.should_stop is None else 0.5
         try:
             while self.queues or self.in_flight:
+                if self.should_stop is not None and self.should_stop():
+                    self.stopped = True
+                    break
                 self._fill()
-                ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=5.0)
+                ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
                 for ref in ready:
                     self._collect(ref)
         finally:
@@ -305,12 +317,17 @@ def run_sweep(
     progress: bool = True,
     address: str | None = None,
     num_cpus: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepReport:
     """Run (``resume=False``: create) or finish (``resume=True``) a sweep on Ray.
 
     Uses the Ray runtime of this process if there is one, else connects to ``address`` or
     starts a local runtime with ``num_cpus`` CPUs (and shuts it down afterwards). Progress
     (a tqdm bar with ETA) goes to stderr.
+
+    ``should_stop`` is a cooperative cancel hook (the HTTP service's ``DELETE``): polled
+    between units, and when it returns True the workers are killed and the report comes
+    back with ``stopped`` set; finished cells stay, and ``resume=True`` finishes the rest.
     """
     from tqdm.auto import tqdm
 
@@ -320,6 +337,7 @@ def run_sweep(
     done = store.done_cells(plan.sweep_id)
     todo = [key for key in plan.grid.cells() if key not in done]
     summaries: list[dict[str, Any]] = []
+    stopped = False
     if todo:
         with (
             ray_runtime(address, num_cpus),
@@ -333,7 +351,9 @@ def run_sweep(
                 dynamic_ncols=True,
             ) as bar,
         ):
-            summaries = _Driver(plan, store, todo, bar).run()
+            driver = _Driver(plan, store, todo, bar, should_stop)
+            summaries = driver.run()
+            stopped = driver.stopped
     counts = store.sweep_progress(plan.sweep_id)
     return SweepReport(
         store=plan.store,
@@ -341,5 +361,6 @@ def run_sweep(
         seconds=time.perf_counter() - start,
         cells_skipped=plan.cells - len(todo),
         summaries=summaries,
+        stopped=stopped,
         **counts,
     )

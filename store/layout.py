@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-#: Group kinds a store may hold; each is a top-level folder of the store.
-KINDS = ("sweeps", "tuning", "reports", "cache")
+#: Group kinds a store may hold; each is a top-level folder of the store. ``service``
+#: holds the HTTP service's registry of submitted sweeps and tunes (``rllc.service``).
+KINDS = ("sweeps", "tuning", "reports", "cache", "service")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 

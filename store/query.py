@@ -198,6 +198,41 @@ def llc_table(
     return rows
 
 
+def llc_query(
+    uri: str,
+    sweep_id: str | None = None,
+    *,
+    component: str | None = None,
+    dataset: str | None = None,
+    checkpoint: str | None = None,
+    burnin: Burnin | None = None,
+    estimator: str | None = None,
+    metrics: list[str] | None = None,
+) -> dict[str, Any]:
+    """The LLC table of a stored sweep with what it was computed with: what
+    ``rllc query --format json`` prints and the HTTP service's ``GET /sweeps/{id}/llc``
+    answers, so the two agree by construction.
+
+    Returns ``{rows, store, sweep, burnin, estimator, columns}``; ``rows`` as
+    ``llc_table``, ``burnin`` the one asked for (else the sweep config's), ``columns``
+    the row keys with the metrics' columns.
+    """
+    store = open_store(uri, read_only=True)
+    sweep_id = store.resolve_sweep(sweep_id)
+    ds = store.open_sweep(sweep_id)
+    config = ds.attrs.get("sgld_config", {})
+    rows = llc_table(ds, component=component, dataset=dataset, checkpoint=checkpoint,
+                     burnin=burnin, estimator=estimator, metrics=metrics or None)
+    return {
+        "rows": rows,
+        "store": uri,
+        "sweep": sweep_id,
+        "burnin": config.get("burnin") if burnin is None else burnin,
+        "estimator": estimator or config.get("estimator"),
+        "columns": [*ROW_KEYS, *columns_of(ds, metrics)] if metrics else list(ROW_KEYS),
+    }
+
+
 def _cell_draws(loss: np.ndarray, base: Any, nbeta: float, estimator: str) -> np.ndarray:
     """Per-draw λ̂ contributions ``[chain, draw]`` of one cell."""
     if estimator == "paired":

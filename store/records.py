@@ -1,5 +1,6 @@
 """Records: one JSON document per group, ``reports/<id>`` (a demo's training curve, head
-scores, stage times, which sweeps and tune it used), beside the sweeps and tunes.
+scores, stage times, which sweeps and tune it used) or ``service/<id>`` (the HTTP
+service's registry, ``rllc.service.registry``), beside the sweeps and tunes.
 
 A record holds what is neither a trace nor a per-cell metric but is still needed to
 re-render a report from the store alone. The store does not look inside it.

@@ -3,8 +3,8 @@
 The doc's tables are parsed by their header rows (see the doc's introduction for the
 quoting): §3 implemented commands (every one registered, with exactly the listed
 arguments and flags, every listed ``--json`` key emitted), §2 sampler flags (against
-``SGLDConfig``), §4 sweep spec fields (against ``SweepSpec``), §5 and §6 what is planned
-(not registered or emitted yet: when it lands, the doc moves it), §7 benchmark keys.
+``SGLDConfig``), §4 sweep spec fields (against ``SweepSpec``), §5 what is planned (not
+registered or emitted yet: when it lands, the doc moves it), §6 benchmark keys.
 Commands run in-process on ``tiny_run`` with tiny settings; the sweep runs one cell on a
 one-CPU Ray runtime started here.
 """
@@ -137,10 +137,10 @@ class Doc:
 @pytest.fixture(scope="module")
 def doc() -> Doc:
     text = DOC.read_text()
-    # §3 and §5 share their columns: split the text at §5's heading
-    implemented, planned = text.split("## 5. Planned commands", 1)
+    # planned commands (none now) would share §3's columns: split the text at §5's heading
+    implemented, planned = text.split("## 5. Planned", 1)
     t, p = tables(implemented), tables(planned)
-    return Doc(t[COMMANDS], p[COMMANDS], t[SAMPLER], t[SPEC_FIELDS], p[ADDITIONS],
+    return Doc(t[COMMANDS], p.get(COMMANDS, []), t[SAMPLER], t[SPEC_FIELDS], p[ADDITIONS],
                p[BENCHMARKS], text)
 
 
@@ -232,7 +232,7 @@ def test_planned_commands_are_not_registered_yet(doc):
         path = command_path(row["command"])
         assert path not in implemented
         assert resolve(path) is None, (
-            f"`rllc {' '.join(path)}` is registered now: move it from docs/cli.md §5 to §3")
+            f"`rllc {' '.join(path)}` is registered now: list it in docs/cli.md §3")
 
 
 def test_planned_flags_and_fields_do_not_exist_yet(doc):
@@ -242,11 +242,11 @@ def test_planned_flags_and_fields_do_not_exist_yet(doc):
             cmd = resolve(command_path(row["command"]))
             assert cmd is not None
             assert name not in {f.split("/")[0] for f in flags_of(cmd)}, (
-                f"{row['command']} has {name} now: move it from docs/cli.md §6 to §3")
+                f"{row['command']} has {name} now: move it from docs/cli.md §5 to §3")
         elif row["kind"] == "field":
             assert row["command"] == "sweep spec"
             assert name not in SweepSpec.model_fields, (
-                f"sweep specs have {name!r} now: move it from docs/cli.md §6 to §4")
+                f"sweep specs have {name!r} now: move it from docs/cli.md §5 to §4")
         else:
             assert row["kind"] in ("key", "value"), row  # keys: test_json_keys_are_emitted
 
@@ -317,15 +317,16 @@ def test_benchmark_json_keys_are_in_their_scripts(doc):
     for row in doc.benchmarks:
         script = ROOT / ticks(row["script"])[0]
         missing = {p[0] for p in key_paths(row["`--json` keys (at least)"])} - _dict_keys(script)
-        assert not missing, f"{script.name} does not emit {sorted(missing)} (docs/cli.md §7)"
+        assert not missing, f"{script.name} does not emit {sorted(missing)} (docs/cli.md §6)"
 
 
 # ---- keys: real runs -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def outputs(tiny_run, tmp_path_factory) -> dict[tuple[str, ...], dict[str, Any]]:
-    """The ``--json`` object of one cheap run of every implemented command."""
+def outputs(tiny_run, quick_demo, tmp_path_factory) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The ``--json`` object of one cheap run of every implemented command (``rllc demo``:
+    the session's quick demo)."""
     import logging
 
     import ray
@@ -342,6 +343,11 @@ def outputs(tiny_run, tmp_path_factory) -> dict[tuple[str, ...], dict[str, Any]]
     tune_spec.write_text(yaml.safe_dump({
         **yaml.safe_load(spec.read_text()), "name": "contract-tune",
         "search": {"trials": 2, "step_size": [1e-5, 1e-3], "localization": [10, 1000]},
+    }))
+    submit_spec = tmp / "submit.yaml"  # rllc submit without a server: its own store
+    submit_spec.write_text(yaml.safe_dump({
+        **yaml.safe_load(spec.read_text()), "name": "contract-submit",
+        "store": str(tmp / "store-submit"),
     }))
     os.environ["RLLC_TUNE_STATE"] = str(tmp / "ray-tune")
     tiny = ["--chains", "2", "--draws", "5", "--batch-size", "8"]
@@ -360,13 +366,17 @@ def outputs(tiny_run, tmp_path_factory) -> dict[tuple[str, ...], dict[str, Any]]
         ("sweep", "run"): ["sweep", "run", str(spec), "--num-cpus", "1"],
         ("sweep", "resume"): ["sweep", "resume", str(spec), "--num-cpus", "1"],
         ("query",): ["query", store],
+        ("report",): ["report", quick_demo["store"], "--out", str(tmp / "report")],
+        ("submit",): ["submit", str(submit_spec), "--num-cpus", "1"],
+        ("status",): ["status", "contract", "--store", store],
+        ("cancel",): ["cancel", "contract", "--store", store],  # done: reported as it is
         ("tune",): ["tune", str(tune_spec)],
         ("tune", "dln"): ["tune", "dln", "--widths", "3,2,8", "--true-rank", "0", "--trials",
                           "2", "--chains", "4", "--draws", "50", "--store", store,
                           "--step-size-range", "1e-5,1e-3"],
     }
-    runner = CliRunner()
-    out = {}
+    runner = CliRunner(env={"RLLC_SERVER": None})  # the client commands work locally
+    out = {("demo",): quick_demo}
     started = not ray.is_initialized()  # run and resume share one runtime
     if started:
         ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
@@ -398,7 +408,7 @@ def test_json_keys_are_emitted(doc, outputs):
             path, name = command_path(row["command"]), ticks(row["name"])[0]
             assert name not in outputs[path], (
                 f"`rllc {' '.join(path)} --json` emits {name} now: move it from docs/cli.md "
-                "§6 to §3")
+                "§5 to §3")
     assert outputs["query --format json"].keys() == outputs[("query",)].keys()
     assert outputs[("sweep", "run")]["cells_done"] == 1
     assert outputs[("sweep", "resume")]["cells_skipped"] == 1

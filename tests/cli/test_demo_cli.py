@@ -41,6 +41,8 @@ def test_quick_demo_report_has_five_figures_that_exist(quick_demo):
 
 
 def test_report_rerenders_identically_from_the_store(quick_demo, tmp_path):
+    """Every file of the report, byte for byte, from the store alone (the report stage's
+    own time is in the store's record, so it is the same too)."""
     proc = run("report", quick_demo["store"], "--out", str(tmp_path), "--json")
     assert proc.returncode == 0, proc.stderr
     again = Path(json.loads(proc.stdout.strip().splitlines()[-1])["report"])
@@ -52,26 +54,40 @@ def test_report_rerenders_identically_from_the_store(quick_demo, tmp_path):
 
 
 def test_report_of_a_store_without_a_demo_exits_2(tmp_path):
-    from rllc.store import open_store
+    from rllc.store import GroupLayout, open_store
 
-    open_store(str(tmp_path / "empty"))
+    open_store(str(tmp_path / "empty")).create("cache/x", GroupLayout({}, {}, {}))
     proc = run("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
-    assert proc.returncode == 2 and "0 demo records" in proc.stderr
+    assert proc.returncode == 2 and "0 demo records" in proc.stderr, proc.stderr
     proc = run("report", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_rerun_reuses_every_stage(quick_demo, tmp_path):
-    """A re-run into the same folder reuses the model, the tune and every cell."""
-    import shutil
-
-    out = tmp_path / "again"
-    shutil.copytree(quick_demo["out"], out)
-    proc = run("demo", "--quick", "--out", str(out), "--json")
+def test_rerun_reuses_every_stage(quick_demo):
+    """A re-run into the same folder reuses the model, the tunes and every cell, keeps the
+    stage times of the run that did the work, and writes the same report."""
+    folder = Path(quick_demo["report"]).parent
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    proc = run("demo", "--quick", "--out", quick_demo["out"], "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["reused"]) == {"train", "heads", "tune", "wrllc", "drllc", "baselines"}
     assert result["timings"]["train"] == quick_demo["timings"]["train"]
+    assert result["timings"]["wrllc"] == quick_demo["timings"]["wrllc"]
+    # the same figures and numbers; only the report stage's own time (it ran again) and
+    # so the total may differ
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(after) == sorted(before)
+
+    def without_times(html: bytes) -> bytes:
+        return re.sub(rb"<h2>Stage times</h2>.*?</p>", b"", html, flags=re.S)
+
+    for name in before:
+        if name == "index.html":
+            assert without_times(after[name]) == without_times(before[name])
+        else:
+            assert after[name] == before[name], name
 
 
 def test_demo_into_a_file_exits_2(tmp_path):

@@ -117,6 +117,23 @@ class TestLocalRay:
                            r"\(precision: 'float32' → 'bfloat16'\)"):
             run_sweep(other, resume=True, progress=False)
 
+    def test_should_stop_ends_the_run_and_keeps_done_cells(self, make_spec, tmp_path):
+        # the cancel hook of the HTTP service (rllc.service.runner): polled between units
+        store = str(tmp_path / "store")
+        spec = parse_spec(make_spec(store, resources={"max_workers": 1},
+                                    compute={"batch_heads": False}))
+        ts = open_store(store)
+
+        def one_done() -> bool:
+            return "tiny" in ts.list_sweeps() and ts.sweep_progress("tiny")["cells_done"] >= 1
+
+        report = run_sweep(spec, progress=False, should_stop=one_done)
+        assert report.stopped and 1 <= report.cells_done < 12 and report.cells_failed == 0
+        again = run_sweep(spec, resume=True, progress=False)
+        assert not again.stopped and (again.cells_done, again.cells_failed) == (12, 0)
+        # every cell stored once: those done before the stop, then the rest
+        assert again.cells_skipped + again.cells_run == 12
+
     def test_failing_cells_are_recorded_and_the_rest_complete(self, make_spec, tiny_run,
                                                               tmp_path):
         bad = tmp_path / "bad.npy"
