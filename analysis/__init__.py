@@ -18,7 +18,7 @@ from .claims import (
     verdict,
     wrllc_separates_best,
 )
-from .clusters import adjusted_rand, cluster_curves, default_k
+from .clusters import ClusterMethod, adjusted_rand, cluster_curves, default_k
 from .curves import log_steps, normalise
 from .stages import Alignment, Boundary, align, stage_boundaries
 
@@ -26,6 +26,7 @@ __all__ = [
     "Alignment",
     "Boundary",
     "Claim",
+    "ClusterMethod",
     "adjusted_rand",
     "align",
     "cluster_curves",

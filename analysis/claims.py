@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import spearmanr
 
-from .clusters import adjusted_rand, cluster_curves, default_k
+from .clusters import ClusterMethod, adjusted_rand, cluster_curves, default_k
 from .curves import fill_missing, normalise
 from .stages import Boundary, align
 
@@ -93,7 +93,8 @@ class Claim:
                 "note": self.note}
 
 
-def clusters_match_classes(curves: np.ndarray, classes: Sequence[str], seed: int = 0) -> Claim:
+def clusters_match_classes(curves: np.ndarray, classes: Sequence[str], seed: int = 0,
+                           method: ClusterMethod | str = ClusterMethod.KMEANS) -> Claim:
     """ARI between K-means clusters (k = distinct classes) of the normalised wrLLC
     ``curves[head, checkpoint]`` and the heads' ``classes[head]``."""
     curves = np.asarray(curves, dtype=float)
@@ -101,7 +102,7 @@ def clusters_match_classes(curves: np.ndarray, classes: Sequence[str], seed: int
     if len(classes) < 2:
         value, note = math.nan, "fewer than 2 heads"
     else:
-        labels = cluster_curves(curves, default_k(classes), seed=seed)
+        labels = cluster_curves(curves, default_k(classes), method, seed=seed)
         value = adjusted_rand(labels, classes)
     return Claim("clusters_match_classes",
                  "K-means on the wrLLC curves recovers the head types.",
@@ -214,12 +215,13 @@ def llc_stages_match_loss(llc_boundaries: list[Boundary], loss_boundaries: list[
 
 
 def wrllc_separates_best(wrllc_curves: np.ndarray, baseline_curves: Mapping[str, np.ndarray],
-                         classes: Sequence[str], seed: int = 0) -> Claim:
+                         classes: Sequence[str], seed: int = 0,
+                         method: ClusterMethod | str = ClusterMethod.KMEANS) -> Claim:
     """``ARI(wrLLC clusters, classes) − max_b ARI(baseline b's clusters, classes)``, every
     ``curves[head, checkpoint]`` on the same checkpoints; baselines that are all NaN are
     left out."""
     k = default_k(classes)
-    scores = {name: adjusted_rand(cluster_curves(c, k, seed=seed), classes)
+    scores = {name: adjusted_rand(cluster_curves(c, k, method, seed=seed), classes)
               for name, c in baseline_curves.items()
               if np.isfinite(np.asarray(c, dtype=float)).any()}
     note = ""
@@ -230,7 +232,7 @@ def wrllc_separates_best(wrllc_curves: np.ndarray, baseline_curves: Mapping[str,
     value = math.nan
     measure = "ARI of wrLLC clusters − best ARI of a baseline's clusters"
     if not note:
-        own = adjusted_rand(cluster_curves(wrllc_curves, k, seed=seed), classes)
+        own = adjusted_rand(cluster_curves(wrllc_curves, k, method, seed=seed), classes)
         best = max(scores, key=lambda n: (scores[n], n))
         value = own - scores[best]
         measure += f" (wrLLC {own:.2f}; best baseline {best} {scores[best]:.2f})"

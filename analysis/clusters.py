@@ -7,6 +7,7 @@ their development (when they rise, peak, fall), not by the size of their wrLLC.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,12 +20,22 @@ from .curves import fill_missing, normalise
 N_INIT = 20
 
 
+class ClusterMethod(enum.StrEnum):
+    """How curves are clustered: K-means on the normalised curves (Euclidean), or K-means
+    under dynamic time warping (tslearn, an optional dependency: ``pip install
+    rllc[dtw]``), which lets curves that rise at shifted steps fall together."""
+
+    KMEANS = "kmeans"
+    DTW = "dtw"
+
+
 def default_k(classes: Sequence[str]) -> int:
     """Clusters to look for: the number of distinct head classes, at least 2."""
     return max(2, len(set(classes)))
 
 
-def cluster_curves(curves: np.ndarray, k: int, method: str = "kmeans",
+def cluster_curves(curves: np.ndarray, k: int,
+                   method: ClusterMethod | str = ClusterMethod.KMEANS,
                    seed: int = 0) -> np.ndarray:
     """``labels[head]`` of K-means (``method="kmeans"``, Euclidean, ``N_INIT`` restarts) or
     DTW K-means (``method="dtw"``, tslearn's ``TimeSeriesKMeans(metric="dtw")``) on the
@@ -33,17 +44,20 @@ def cluster_curves(curves: np.ndarray, k: int, method: str = "kmeans",
     partitions give equal arrays."""
     x = fill_missing(normalise(np.asarray(curves, dtype=float)))
     k = int(min(max(k, 1), x.shape[0]))
-    if method == "kmeans":
+    try:
+        method = ClusterMethod(method)
+    except ValueError:
+        raise ValueError(f"method must be 'kmeans' or 'dtw', got {method!r}") from None
+    if method == ClusterMethod.KMEANS:
         labels = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed).fit_predict(x)
-    elif method == "dtw":
+    else:
         try:
             from tslearn.clustering import TimeSeriesKMeans
         except ImportError as exc:
-            raise ImportError("method='dtw' needs tslearn: pip install tslearn") from exc
+            raise ImportError("method='dtw' needs tslearn: pip install tslearn "
+                              "(or rllc[dtw])") from exc
         labels = TimeSeriesKMeans(n_clusters=k, metric="dtw", n_init=N_INIT // 4 or 1,
                                   random_state=seed).fit_predict(x[:, :, None])
-    else:
-        raise ValueError(f"method must be 'kmeans' or 'dtw', got {method!r}")
     return _first_appearance(np.asarray(labels))
 
 

@@ -25,6 +25,11 @@ def demo_command(
         int | None, typer.Option("--workers", min=1, help="Ray actors (default: one per "
                                  "CPU).")
     ] = None,
+    clustering: Annotated[
+        str, typer.Option("--clustering", help="How the report clusters the normalised "
+                          "wrLLC curves: kmeans, or dtw (needs tslearn: pip install "
+                          "rllc[dtw]).")
+    ] = "kmeans",
     address: Annotated[
         str | None, typer.Option("--address", help="Ray cluster address (default: a local "
                                  "Ray runtime).")
@@ -33,11 +38,22 @@ def demo_command(
 ) -> None:
     """The paper's head analysis end to end: train, tune, sweep wrLLCs, drLLCs and
     baselines, cluster and stage, and write the report."""
+    from rllc.analysis.clusters import ClusterMethod
     from rllc.jobs.demo import QUICK, DemoConfig, run_demo
 
     config = QUICK if quick else DemoConfig()
-    if workers is not None:
-        config = config.model_copy(update={"workers": workers})
+    try:
+        method = ClusterMethod(clustering)
+    except ValueError:
+        raise UsageError(f"--clustering must be kmeans or dtw, got {clustering!r}") from None
+    if method == ClusterMethod.DTW:
+        import importlib.util
+
+        if importlib.util.find_spec("tslearn") is None:
+            raise UsageError("--clustering dtw needs tslearn: pip install tslearn (or "
+                             "rllc[dtw])")
+    config = config.model_copy(update={"workers": workers or config.workers,
+                                       "clustering": method})
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} exists and is not a folder")
     try:

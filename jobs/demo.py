@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rllc.analysis.clusters import ClusterMethod
 from rllc.data.datasets import DataMix
 from rllc.estimators import SGLDConfig
 from rllc.models.transformer import TransformerConfig
@@ -117,6 +118,9 @@ class DemoConfig(BaseModel):
     baselines: BaselineOptions = Field(
         default_factory=lambda: BaselineOptions(sequences=4, probes=16, rank_probes=4,
                                                 lanczos_steps=20))
+    clustering: ClusterMethod = Field(ClusterMethod.KMEANS, description="How the report "
+                                      "clusters the normalised wrLLC curves: kmeans, or dtw "
+                                      "(tslearn, pip install rllc[dtw]).")
     workers: int | None = Field(None, ge=1, description="Ray actors (default: one per CPU).")
     budget_seconds: float = Field(2700.0, gt=0, description="The run's time budget, shown "
                                   "beside the stage times.")
@@ -250,18 +254,19 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
         record = read_record(store, KIND, config.name)
     except UnknownGroupError:
         record = {}
-    if record and record.get("config") not in (None, config.model_dump(mode="json")):
+    if record and computed_settings(record.get("config")) not in (None, computed_settings(config)):
         raise ValueError(
             f"{out} holds a demo run with other settings (its record {config.name!r}); use "
             "another --out, or the same settings (--quick or not) to resume it"
         )
     clock = StageClock(config.budget_seconds, dict(record.get("timings") or {}), progress,
                        _stderr)
-    record |= {"kind": "demo", "version": RECORD_VERSION, "quick": config == QUICK,
+    record |= {"kind": "demo", "version": RECORD_VERSION, "quick": computed_settings(config) == computed_settings(QUICK),
                "title": "Refined LLCs of attention heads over training",
                "config": config.model_dump(mode="json"), "run": run,
                "model": config.train.model.model_dump(mode="json"),
                "budget_seconds": config.budget_seconds, "drllc_datasets": list(config.datasets),
+               "clustering": config.clustering.value,
                "sweeps": {s: f"{config.name}-{s}" for s in ("wrllc", "drllc", "baselines")}}
 
     def save() -> None:
@@ -318,6 +323,19 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
     index = render_report(store_uri, out, config.name)
     return DemoResult(report=str(index), store=store_uri, seconds=time.perf_counter() - start,
                       timings=dict(clock.timings), reused=list(clock.reused))
+
+
+#: DemoConfig fields that change no stored number (how the report clusters, how many
+#: actors): a re-run may change them.
+PRESENTATION = {"clustering", "workers"}
+
+
+def computed_settings(config: DemoConfig | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The settings that make the stored numbers (``config`` without ``PRESENTATION``)."""
+    if config is None:
+        return None
+    dumped = config.model_dump(mode="json") if isinstance(config, DemoConfig) else config
+    return {k: v for k, v in dumped.items() if k not in PRESENTATION}
 
 
 def _train(config: DemoConfig, run: str, progress: bool,

@@ -71,9 +71,10 @@ class ReportAnalysis:
 def analyse(data: ReportData) -> ReportAnalysis:
     """Run every analysis of the report on ``data``."""
     classes = data.final_classes
+    method = data.record.get("clustering", "kmeans")  # the demo's --clustering
     k = default_k(classes)
     have_curves = np.isfinite(data.wrllc).any() and len(data.heads) >= 2
-    clusters = (cluster_curves(data.wrllc, k) if have_curves
+    clusters = (cluster_curves(data.wrllc, k, method) if have_curves
                 else np.zeros(len(data.heads), dtype=int))
     ari = adjusted_rand(clusters, classes) if have_curves else float("nan")
     llc_b = stage_boundaries(data.steps, data.llc)
@@ -83,12 +84,13 @@ def analyse(data: ReportData) -> ReportAnalysis:
     ratio = (data.drllc_ratio[drllc_step] if drllc_step is not None
              else np.full((len(data.heads), 0), np.nan))
     claims = [
-        clusters_match_classes(data.wrllc, classes),
+        clusters_match_classes(data.wrllc, classes, method=method),
         induction_rises_with_score(data.wrllc, data.scores["induction"], classes),
         prev_token_stand_apart(data.wrllc[layer0], [classes[i] for i in layer0]),
         induction_specialises(ratio, data.drllc_datasets, classes),
         llc_stages_match_loss(llc_b, loss_b),
-        wrllc_separates_best(data.wrllc_at(data.baseline_steps), data.baselines, classes),
+        wrllc_separates_best(data.wrllc_at(data.baseline_steps), data.baselines, classes,
+                             method=method),
     ]
     notes = []
     if len(data.baseline_steps) and len(data.baseline_steps) < 6:

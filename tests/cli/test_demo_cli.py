@@ -94,3 +94,9 @@ def test_demo_into_a_file_exits_2(tmp_path):
     (tmp_path / "f").write_text("x")
     proc = run("demo", "--quick", "--out", str(tmp_path / "f"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: --out")
+
+
+def test_bad_clustering_exits_2_before_any_work(tmp_path):
+    proc = run("demo", "--quick", "--clustering", "spectral", "--out", str(tmp_path / "d"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --clustering")
+    assert not (tmp_path / "d").exists()

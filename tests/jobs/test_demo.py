@@ -49,3 +49,12 @@ def test_stage_clock_keeps_reused_times_and_prints_an_eta():
 def test_quick_is_a_smaller_config():
     assert QUICK.train.model.n_heads < DemoConfig().train.model.n_heads
     assert QUICK.budget_seconds == 300 and DemoConfig().budget_seconds == 2700
+
+
+def test_presentation_settings_do_not_block_a_resume():
+    from rllc.analysis import ClusterMethod
+    from rllc.jobs.demo import computed_settings
+
+    changed = QUICK.model_copy(update={"workers": 3, "clustering": ClusterMethod.DTW})
+    assert computed_settings(changed) == computed_settings(QUICK)
+    assert computed_settings(QUICK.model_copy(update={"checkpoints": 5})) != computed_settings(QUICK)
