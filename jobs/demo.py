@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -45,9 +45,12 @@ from rllc.estimators import SGLDConfig
 from rllc.models.transformer import TransformerConfig
 
 from .metrics import BASELINES, BaselineOptions
-from .spec import DataOptions, Resources, check_dataset
+from .spec import COMPONENT_FIELDS, DataOptions, Resources, check_dataset
 from .train import TrainConfig
 from .tune_spec import SearchSpace
+
+if TYPE_CHECKING:
+    from rllc.store.base import TraceStore
 
 KIND = "reports"  # the store's folder of records
 RECORD_VERSION = 1
@@ -287,26 +290,26 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
         final = checkpoints[wr_steps[-1]]["uri"]
         with clock.stage("tune") as state:
             record["tune"] = _tune(config, final, record["heads"][str(wr_steps[-1])],
-                                   store_uri, progress, state)
+                                   store, progress, state)
         save()
         samplers = record["tune"]["samplers"]
         uris = [checkpoints[s]["uri"] for s in wr_steps]
         base = _spec_base(config, store_uri, samplers)
         heads = [f"{layer}:*" for layer in range(config.train.model.n_layers)]
         with clock.stage("wrllc") as state:
-            _sweep(base | {"name": record["sweeps"]["wrllc"], "checkpoints": uris,
+            _sweep(store, base | {"name": record["sweeps"]["wrllc"], "checkpoints": uris,
                            "components": [*heads, "all"], "datasets": ["train"]},
                    progress, state)
         save()
         dr_uris = [checkpoints[s]["uri"] for s in spread(wr_steps, config.drllc_checkpoints)]
         with clock.stage("drllc") as state:
-            _sweep(base | {"name": record["sweeps"]["drllc"], "checkpoints": dr_uris,
+            _sweep(store, base | {"name": record["sweeps"]["drllc"], "checkpoints": dr_uris,
                            "components": heads, "datasets": list(config.datasets)},
                    progress, state)
         save()
         bl_uris = [checkpoints[s]["uri"] for s in spread(wr_steps, config.baseline_checkpoints)]
         with clock.stage("baselines") as state:
-            _sweep(base | {"name": record["sweeps"]["baselines"], "checkpoints": bl_uris,
+            _sweep(store, base | {"name": record["sweeps"]["baselines"], "checkpoints": bl_uris,
                            "components": heads, "datasets": ["train"],
                            "metrics": [m.value for m in BASELINES],
                            "baselines": config.baselines.model_dump(mode="json")},
@@ -376,30 +379,31 @@ def _head_scores(checkpoints: dict[int, dict[str, Any]], steps: list[int],
 def tune_heads(scores: list[dict[str, Any]]) -> dict[int, str]:
     """The head each layer is tuned on: layer 0's highest previous-token score, every
     other layer's highest induction score (the heads whose formation the paper tracks)."""
+    from rllc.models.components import parse_component
+
+    layers = {h["head"]: parse_component(h["head"]).layer for h in scores}
     out: dict[int, str] = {}
-    for layer in sorted({int(h["head"].split(":")[0]) for h in scores}):
+    for layer in sorted(set(layers.values())):
         key = "prev_token" if layer == 0 else "induction"
-        mine = [h for h in scores if int(h["head"].split(":")[0]) == layer]
+        mine = [h for h in scores if layers[h["head"]] == layer]
         out[layer] = max(mine, key=lambda h: (np.nan_to_num(h[key], nan=-1.0), h["head"]))[
             "head"]
     return out
 
 
-def _tune(config: DemoConfig, final: str, scores: list[dict[str, Any]], store_uri: str,
+def _tune(config: DemoConfig, final: str, scores: list[dict[str, Any]], store: TraceStore,
           progress: bool, state: dict[str, bool]) -> dict[str, Any]:
     """Tune ε, γ per layer at the final checkpoint (each finished tune reused)."""
-    from rllc.store import UnknownGroupError, open_store
+    from rllc.store import UnknownGroupError
     from rllc.store.tuning import tuning_attrs
 
     from .tune import tune_spec
     from .tune_spec import TuneSpec
 
-    keep = ("step_size", "localization", "nbeta")
     if not config.tune:
         state["reused"] = True
         return {"ids": {}, "heads": {}, "samplers": {}}
     ids, samplers, heads, reused = {}, {}, tune_heads(scores), True
-    store = open_store(store_uri)
     for layer, head in heads.items():
         tune_id = f"{config.name}-tune-layer{layer}"
         try:
@@ -410,13 +414,13 @@ def _tune(config: DemoConfig, final: str, scores: list[dict[str, Any]], store_ur
             reused = False
             spec = TuneSpec.model_validate({
                 "name": tune_id, "checkpoints": [final], "components": [head],
-                "datasets": ["train"], "store": store_uri,
+                "datasets": ["train"], "store": store.uri,
                 "sampler": config.sampler.model_copy(update={"draws": config.tune_draws}),
                 "data": config.data, "search": config.search,
                 "resources": Resources(max_workers=config.workers)})
             best = tune_spec(spec, progress=progress)["best"]
         ids[str(layer)] = tune_id
-        samplers[f"{layer}:*"] = {k: best[k] for k in keep}
+        samplers[f"{layer}:*"] = {k: best[k] for k in COMPONENT_FIELDS}
     state["reused"] = reused
     return {"ids": ids, "heads": {str(k): v for k, v in heads.items()}, "samplers": samplers}
 
@@ -428,16 +432,18 @@ def _spec_base(config: DemoConfig, store_uri: str,
             "resources": {"max_workers": config.workers}}
 
 
-def _sweep(spec_data: dict[str, Any], progress: bool, state: dict[str, bool]) -> None:
-    """Run the sweep, or finish it when it exists (every done cell reused)."""
-    from rllc.store import UnknownGroupError, open_store
+def _sweep(store: TraceStore, spec_data: dict[str, Any], progress: bool,
+           state: dict[str, bool]) -> None:
+    """Run the sweep (into ``store``, the spec's), or finish it when it exists (every done
+    cell reused)."""
+    from rllc.store import UnknownGroupError
 
     from .spec import parse_spec
     from .sweep import run_sweep
 
     spec = parse_spec(spec_data)
     try:
-        progress_now = open_store(spec.store).sweep_progress(spec.name)
+        progress_now = store.sweep_progress(spec.name)
         exists = True
     except UnknownGroupError:
         progress_now, exists = {}, False
