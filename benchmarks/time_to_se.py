@@ -43,7 +43,8 @@ time here is that of one head's 4 chains. ``--full`` runs all 16 heads.
                                     [--batch 32] [--init-batches N]
                                     [--precision int8|bfloat16|float32] [--json]
 
-``benchmarks/README.md`` ("Time to a target standard error") has the measured figures.
+``benchmarks/README.md`` ("time_to_se.py: seconds to a target standard error") has the
+measured figures.
 Needs the optional extra ``bench`` (``make bench``); without it the script exits 2.
 """
 

@@ -215,31 +215,44 @@ def chain_loss_and_grad(
     gradient for every chain at once, by batched matmuls. ``theta`` holds W_1 … W_L
     flattened in parameter order, as ``sample`` flattens ``select_all(DeepLinearNetwork)``.
 
-    With W = W_L ⋯ W_1 and G = ∂L/∂W = (W·S_xx − S_yx)/σ², the chain rule gives
+    With W = W_L ⋯ W_1, G = ∂L/∂W = (W·S_xx − S_yx)/σ² and L = ½·(s_yy + ⟨W, W·S_xx −
+    2·S_yx⟩)/σ², the chain rule gives
 
         ∂L/∂W_i = (W_L ⋯ W_{i+1})ᵀ · G · (W_{i−1} ⋯ W_1)ᵀ.
-    """
-    sxx, syx, syy = (t[0] for t in stats)
-    shapes = [(b, a) for a, b in itertools.pairwise(widths)]
-    sizes = [a * b for a, b in shapes]
-    inv_var = 1.0 / noise_std**2
 
-    def loss_and_grad(theta: Tensor) -> tuple[Tensor, Tensor]:
-        mats = [part.reshape(-1, *shape)  # W_i [chain, H_i, H_{i−1}]
-                for part, shape in zip(theta.split(sizes, dim=1), shapes, strict=True)]
+    The networks are small, so the step is dispatch-bound: it runs in numpy on views of the
+    (CPU) tensors, writing each layer's gradient in place, which takes about 40% off a
+    40-weight step against the same products as torch ops.
+    """
+    sxx, syx = (t[0].detach().cpu().numpy() for t in stats[:2])  # [M, M], [N, M]
+    syy = float(stats[2][0])
+    shapes = [(b, a) for a, b in itertools.pairwise(widths)]
+    bounds = np.cumsum([0] + [a * b for a, b in shapes]).tolist()
+    inv_var = 1.0 / noise_std**2
+    n_out, n_in = widths[-1], widths[0]
+
+    def loss_and_grad(theta_t: Tensor) -> tuple[Tensor, Tensor]:
+        theta = theta_t.detach().numpy()
+        c = theta.shape[0]
+        mats = [theta[:, lo:hi].reshape(c, *shape)  # W_i [chain, H_i, H_{i−1}], views
+                for lo, hi, shape in zip(bounds[:-1], bounds[1:], shapes, strict=True)]
         prefix = [mats[0]]  # prefix[i] = W_{i+1} ⋯ W_1
         for m in mats[1:]:
             prefix.append(m @ prefix[-1])
         w = prefix[-1]  # [chain, N, M]
-        w_sxx = w @ sxx
-        loss = 0.5 * inv_var * (syy - 2 * (w * syx).sum((1, 2)) + (w_sxx * w).sum((1, 2)))
-        g = inv_var * (w_sxx - syx)  # [chain, N, M]
-        grads, left = [], g  # left = (W_L ⋯ W_{i+1})ᵀ·G
+        resid = (w.reshape(c * n_out, n_in) @ sxx).reshape(c, n_out, n_in) - syx  # σ²·G
+        loss = 0.5 * inv_var * (syy + np.einsum("cij,cij->c", w, resid - syx))
+        grad = np.empty_like(theta)
+        left = resid * inv_var  # (W_L ⋯ W_{i+1})ᵀ·G
         for i in range(len(mats) - 1, -1, -1):
-            grads.append(left @ prefix[i - 1].transpose(1, 2) if i else left)
-            left = mats[i].transpose(1, 2) @ left
-        grad = torch.cat([gr.reshape(theta.shape[0], -1) for gr in reversed(grads)], dim=1)
-        return loss, grad
+            # copy=False: a view or an error, never a silent copy the product would fill
+            out = np.reshape(grad[:, bounds[i]:bounds[i + 1]], (c, *shapes[i]), copy=False)
+            if i:
+                np.matmul(left, prefix[i - 1].transpose(0, 2, 1), out=out)
+                left = mats[i].transpose(0, 2, 1) @ left
+            else:
+                out[...] = left
+        return torch.from_numpy(loss), torch.from_numpy(grad)
 
     return loss_and_grad
 
@@ -271,11 +284,13 @@ def sample_dln(
 
     ids = list(range(config.chains))
     threads = torch.get_num_threads()
-    traces, diverged, seconds = run_sgld(
-        step, w_star.expand(len(ids), -1), lambda: None,
-        [noise_seed(config.seed, c) for c in ids], config, config.resolve_nbeta(num_samples),
-        progress,
-    )
+    # a diverging chain overflows to inf/NaN: expected, flagged by run_sgld, not warned of
+    with np.errstate(over="ignore", invalid="ignore"):
+        traces, diverged, seconds = run_sgld(
+            step, w_star.expand(len(ids), -1), lambda: None,
+            [noise_seed(config.seed, c) for c in ids], config,
+            config.resolve_nbeta(num_samples), progress,
+        )
     return SamplingResult(
         config=config,
         nbeta=config.resolve_nbeta(num_samples),

@@ -29,11 +29,12 @@ forward + backward of 1,024 pairs took 0.30–0.31 s there against 0.12 s here. 
 ``torch.library`` op (``rllc::causal_attention``) with an autograd formula, so compiled
 graphs call it as an opaque kernel.
 
-Each kernel is built once per machine, Python, torch version and CPU capability (≈ 30 s,
-cached under torch's extensions directory, ``TORCH_EXTENSIONS_DIR``) and needs a C++
-compiler and ninja (a dependency). Where a build fails, ``available()`` is False after one
-warning and callers keep ATen's or ``torch.compile``'s kernels; ``RLLC_CPU_KERNELS=0``
-chooses those without trying.
+The kernels are one extension (``csrc/module.cpp`` registers both sources, which ninja
+compiles in parallel), built once per machine, Python, torch version and CPU capability
+(≈ 30–60 s, cached under torch's extensions directory, ``TORCH_EXTENSIONS_DIR``); it needs
+a C++ compiler and ninja (a dependency). Where the build fails, ``available()`` is False
+after one warning and callers keep ATen's or ``torch.compile``'s kernels;
+``RLLC_CPU_KERNELS=0`` chooses those without trying.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ import torch
 from torch import Tensor
 
 CSRC = Path(__file__).with_name("csrc")
-#: kernel → what the build message calls it
-KERNELS = {"softmax_rows": "softmax", "causal_attention": "attention"}
+#: The extension's sources, each kernel's with its own registration function.
+SOURCES = ("softmax_rows.cpp", "causal_attention.cpp", "module.cpp")
 
 #: Compiler flags per ``torch.backends.cpu.get_cpu_capability()``, as inductor builds its
 #: CPU kernels: the ISA of at::vec's Vectorized<float>, without tying the build to the
@@ -75,7 +76,7 @@ def _ninja_on_path() -> None:
 
 
 @functools.cache
-def _module(kernel: str = "softmax_rows") -> ModuleType | None:
+def _module() -> ModuleType | None:
     if os.environ.get("RLLC_CPU_KERNELS", "1") == "0":
         return None
     from torch.utils.cpp_extension import get_default_build_root, load
@@ -84,7 +85,7 @@ def _module(kernel: str = "softmax_rows") -> ModuleType | None:
     flags = ["-O3", "-fopenmp"]
     if cap in _ISA_FLAGS:
         flags += [*_ISA_FLAGS[cap], f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}"]
-    name = f"rllc_{kernel}_{cap.lower()}"
+    name = f"rllc_cpu_kernels_{cap.lower()}"
     # the binary depends on Python, torch and the ISA: one build directory for each
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
@@ -93,20 +94,20 @@ def _module(kernel: str = "softmax_rows") -> ModuleType | None:
     try:
         build.mkdir(parents=True, exist_ok=True)
         if not (build / f"{name}.so").exists():
-            print(f"rllc: building the CPU {KERNELS[kernel]} kernel in {build} (once, ≈ 30 s)",
+            print(f"rllc: building the CPU kernels in {build} (once, ≈ 30–60 s)",
                   file=sys.stderr, flush=True)
-        return load(name, [str(CSRC / f"{kernel}.cpp")], extra_cflags=flags,
+        return load(name, [str(CSRC / src) for src in SOURCES], extra_cflags=flags,
                     extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
     except Exception as err:  # no compiler or ninja, or a build error: keep the fallback
-        warnings.warn(f"rllc's CPU {KERNELS[kernel]} kernel could not be built ({err}); "
+        warnings.warn(f"rllc's CPU kernels (softmax, attention) could not be built ({err}); "
                       "using ATen's or torch.compile's kernels instead", RuntimeWarning,
                       stacklevel=3)
         return None
 
 
-def available(kernel: str = "softmax_rows") -> bool:
-    """Whether ``kernel`` (a key of ``KERNELS``) is built, building it on first call."""
-    return _module(kernel) is not None
+def available() -> bool:
+    """Whether the CPU kernels are built, building them on first call."""
+    return _module() is not None
 
 
 def usable(*tensors: Tensor) -> bool:
@@ -180,11 +181,11 @@ ATTENTION_HEAD_SIZES = (16, 32, 64)
 def attention_usable(device: torch.device | str, dtype: torch.dtype, d_head: int) -> bool:
     """Whether ``causal_attention`` serves float32 heads of ``d_head`` on ``device``."""
     return (torch.device(device).type == "cpu" and dtype == torch.float32
-            and d_head in ATTENTION_HEAD_SIZES and available("causal_attention"))
+            and d_head in ATTENTION_HEAD_SIZES and available())
 
 
 def _attention_module() -> ModuleType:
-    mod = _module("causal_attention")
+    mod = _module()
     if mod is None:
         raise RuntimeError("the CPU attention kernel is not available (see available())")
     return mod
@@ -201,7 +202,7 @@ def _heads_like(q: Tensor) -> Tensor:  # [B, H, T, D] view of a [B, T, H, D] buf
 
 @torch.library.custom_op("rllc::causal_attention", mutates_args=())
 def _attention_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    o, lse = _attention_module().forward(*map(_last_dim_contiguous, (q, k, v)))
+    o, lse = _attention_module().attention_forward(*map(_last_dim_contiguous, (q, k, v)))
     return o, lse
 
 
@@ -213,7 +214,7 @@ def _(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 @torch.library.custom_op("rllc::causal_attention_backward", mutates_args=())
 def _attention_backward_op(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                            grad_o: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    dq, dk, dv = _attention_module().backward(
+    dq, dk, dv = _attention_module().attention_backward(
         *map(_last_dim_contiguous, (q, k, v, o)), lse.contiguous(), _last_dim_contiguous(grad_o))
     return dq, dk, dv
 

@@ -44,7 +44,7 @@ def cpu_kernel():
 def cpu_attention_kernel():
     """Skip where rllc's CPU attention kernel (``cpu_kernels.causal_attention``) is not
     built."""
-    if not cpu_kernels.available("causal_attention"):
+    if not cpu_kernels.available():
         pytest.skip("rllc's CPU attention kernel is not built here (no C++ compiler or "
                     "ninja, a failed build, or RLLC_CPU_KERNELS=0)")
 

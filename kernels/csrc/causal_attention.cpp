@@ -1,5 +1,5 @@
 // Causal scaled-dot-product attention, forward and backward, for many short sequences of
-// small heads (see rllc/estimators/cpu_kernels.py).
+// small heads (see rllc/kernels/cpu_kernels.py).
 //
 // For each (batch, head) pair with q, k, v [T, D] and s = 1/√D:
 //     S_ij = s·q_i·k_j (j ≤ i),   lse_i = logsumexp_j S_ij,   P_ij = exp(S_ij − lse_i)
@@ -336,7 +336,8 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "causal attention forward: (o, lse) (see the file header)");
-  m.def("backward", &backward, "causal attention backward: (dq, dk, dv)");
+// Called from module.cpp: the kernels are one extension, their sources compiled in parallel.
+void register_causal_attention(pybind11::module_& m) {
+  m.def("attention_forward", &forward, "causal attention forward: (o, lse) (see the file header)");
+  m.def("attention_backward", &backward, "causal attention backward: (dq, dk, dv)");
 }

@@ -1,5 +1,5 @@
 // Vocabulary-wide softmax statistics of many logit rows in one pass per row, for the fused
-// cross-entropy kernels of rllc.estimators.fused_ce (see rllc/estimators/cpu_kernels.py).
+// cross-entropy kernels of rllc.kernels.fused_ce (see rllc/kernels/cpu_kernels.py).
 //
 // Row i of xd [rows, V] (rows = R·C, token t = i mod C) has
 //     lowrank:  X_iv = a_tv + xd_iv − μ_i·u_v + σ_i·c_v,   logits_iv = X_iv / σ_i
@@ -274,7 +274,8 @@ std::vector<at::Tensor> delta_softmax_rows(const at::Tensor& acc, const at::Tens
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+// Called from module.cpp: the kernels are one extension, their sources compiled in parallel.
+void register_softmax_rows(pybind11::module_& m) {
   m.def("softmax_rows", &softmax_rows, "softmax statistics of logit rows (see the file header)");
   m.def("delta_softmax_rows", &delta_softmax_rows,
         "int8-difference unembedding rows (see delta_softmax_rows's comment)");

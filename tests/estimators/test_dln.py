@@ -107,7 +107,9 @@ def test_sample_dln_equals_the_general_sampler():
         problem = DLNProblem(widths=widths, true_rank=r, samples=5000)
         _, x, y = make_data(problem)
         student, stats = fit_student(problem, x, y), sufficient_statistics(x, y)
-        cfg = DLN_SAMPLER.model_copy(update={"chains": 3, "draws": 20})
+        # a short warm-up still exercises it: the default's 20,000 steps through the
+        # general (vmapped) sampler took a minute
+        cfg = DLN_SAMPLER.model_copy(update={"chains": 3, "draws": 20, "warmup_steps": 200})
         general = sample(student, gaussian_objective(student, 1.0), stats, config=cfg,
                          num_samples=problem.samples)
         fast = sample_dln(student, stats, cfg, num_samples=problem.samples)
