@@ -19,10 +19,13 @@ automatic burn-in (``rllc.estimators.burnin``) and reruns of the same problem.
 
 Each check has a value and a limit; it passes when value ≤ limit. A failed check adds
 1 + min(value/limit − 1, 9)/10 to the trial's penalty (so more failed checks rank worse,
-and among equal counts, nearer misses rank better). A trial whose chains all diverge gets
-``DIVERGED_PENALTY``. The objective, minimised, is
+and among equal counts, nearer misses rank better). A trial stops at its first failed
+check, so each refinement stage it did not reach counts as one more failed check
+(``stages_left``): failing the stationarity of the first run never ranks above failing the
+step check of the second. A trial whose chains all diverge gets ``DIVERGED_PENALTY``. The
+objective, minimised, is
 
-    objective = penalty                                    if any check failed (≥ 1)
+    objective = penalty + stages_left                      if any check failed (≥ 1)
               = −(log ε − log ε_lo)/(log ε_hi − log ε_lo)   if all passed (in [−1, 0])
 
 so every usable setting beats every unusable one, and among the usable ones the largest ε
@@ -116,10 +119,12 @@ class Verdict:
     def failed(self) -> list[str]:
         return ["diverged"] if self.all_diverged else [c.name for c in self.checks if not c.passed]
 
-    def objective(self, step_size: float, step_range: tuple[float, float]) -> float:
-        """The module docstring's objective (lower is better)."""
+    def objective(self, step_size: float, step_range: tuple[float, float],
+                  stages_left: int = 0) -> float:
+        """The module docstring's objective (lower is better); ``stages_left``: the
+        refinement stages a failed trial did not reach."""
         if not self.passed:
-            return self.penalty
+            return self.penalty + (0 if self.all_diverged else stages_left)
         lo, hi = (math.log(x) for x in step_range)
         return -(math.log(step_size) - lo) / (hi - lo) if hi > lo else -1.0
 

@@ -194,10 +194,12 @@ def trainable(params: dict[str, Any], ctx: TrialContext) -> None:
     config = trial_config(ctx.base, params)
     samplers = {t.label: t.sampler() for t in ctx.targets}
     step_range = ctx.ranges["step_size"]
+    stages_total = n_stages(ctx.ranges)
 
     def report(out: TrialOutcome, final: bool) -> None:
         verdict = out.verdict
-        objective = (verdict.objective(config.step_size, step_range) if final
+        objective = (verdict.objective(config.step_size, step_range,
+                                       stages_total - out.stages) if final
                      else verdict.penalty)
         first = next(iter(samplers))
         est = verdict.runs.get(f"{first}/base")
@@ -348,6 +350,10 @@ def run_tune(
 
     rows = trial_rows(trace_store, tune_id)
     best_row = _choose(rows, ranges)
+    if not best_row["passed"]:
+        print(f"rllc tune: no trial passed every check; the setting reported is the "
+              f"least-failing trial's (failed: {best_row['failed'] or 'unfinished'}). Run "
+              f"more trials or change the ranges (docs/tune.md).", file=sys.stderr, flush=True)
     # The chosen trial's ε/2 run: the step check bounds |λ̂(ε) − λ̂(ε/2)|, which is about
     # half the ε run's own first-order bias, so the validated ε/2 setting carries half.
     best = halved_step(trial_config(best_base or base, {k: best_row[k] for k in ranges}))

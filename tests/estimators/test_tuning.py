@@ -91,6 +91,18 @@ def test_objective_ranks_passing_by_step_size_and_failing_by_penalty():
     assert math.isclose(one.penalty, 1.01)
 
 
+def test_failing_early_never_ranks_above_failing_a_later_stage():
+    """A trial stops at its first failed check: a near miss of the first run's stationarity
+    (2 stages left) ranks below a wide miss of the second run's step check (1 left)."""
+    rng = (1e-6, 1e-2)
+    early = Verdict(checks=[Check("stationarity", 1.01, 1.0)])
+    late = Verdict(checks=[Check("stationarity", 0.5, 1.0), Check("step", 10.0, 1.0)])
+    assert late.objective(1e-3, rng, stages_left=1) < early.objective(1e-3, rng, stages_left=2)
+    assert early.objective(1e-3, rng, stages_left=2) == pytest.approx(early.penalty + 2)
+    passing = Verdict(checks=[Check("a", 0.5, 1.0)])
+    assert passing.objective(1e-3, rng, stages_left=0) < 0
+
+
 def test_bad_criteria_are_refused():
     with pytest.raises(ValueError, match="acceptance"):
         TuneCriteria(acceptance=(0.99, 0.9))
