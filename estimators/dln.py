@@ -221,8 +221,8 @@ def chain_loss_and_grad(
         ∂L/∂W_i = (W_L ⋯ W_{i+1})ᵀ · G · (W_{i−1} ⋯ W_1)ᵀ.
 
     The networks are small, so the step is dispatch-bound: it runs in numpy on views of the
-    (CPU) tensors, writing each layer's gradient in place, which takes about 40% off a
-    40-weight step against the same products as torch ops.
+    (CPU) tensors, writing each layer's gradient in place: a third off a 40-weight step
+    (216 against 326 µs for 16 chains) against the same products as torch ops.
     """
     sxx, syx = (t[0].detach().cpu().numpy() for t in stats[:2])  # [M, M], [N, M]
     syy = float(stats[2][0])
