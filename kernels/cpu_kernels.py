@@ -110,6 +110,14 @@ def available() -> bool:
     return _module() is not None
 
 
+def _loaded(kernel: str) -> ModuleType:
+    """The built extension; ``RuntimeError`` naming ``kernel`` where it is not."""
+    mod = _module()
+    if mod is None:
+        raise RuntimeError(f"the CPU {kernel} kernel is not available (see available())")
+    return mod
+
+
 def usable(*tensors: Tensor) -> bool:
     """Whether ``softmax_rows`` serves these tensors: on the CPU, float32 or bfloat16 only,
     and the kernel builds."""
@@ -142,9 +150,7 @@ def softmax_rows(
     docstring. The lowrank form takes ``a`` [C, V] (row i reads a[i mod C]), ``mu``,
     ``sigma`` [rows], ``u`` and ``c`` [V]; the dense form only ``c`` (a bias, or None). All
     float32 but ``xd``."""
-    mod = _module()
-    if mod is None:
-        raise RuntimeError("the CPU softmax kernel is not available (see available())")
+    mod = _loaded("softmax")
     empty = xd.new_empty(0, dtype=torch.float32)
 
     def f32(t: Tensor | None) -> Tensor:
@@ -165,9 +171,7 @@ def delta_softmax_rows(acc: Tensor, rs: Tensor, cs: Tensor, ref: Tensor, p_ref: 
 
     Returns (lse [rows], the int8 Δp [rows, V] and ds [rows], or None without
     ``need_grad``)."""
-    mod = _module()
-    if mod is None:
-        raise RuntimeError("the CPU softmax kernel is not available (see available())")
+    mod = _loaded("softmax")
     lse, dq, ds = mod.delta_softmax_rows(acc.contiguous(), rs.contiguous(), cs.contiguous(),
                                          ref.contiguous(), p_ref.contiguous(), int(t0),
                                          bool(need_grad))
@@ -184,13 +188,6 @@ def attention_usable(device: torch.device | str, dtype: torch.dtype, d_head: int
             and d_head in ATTENTION_HEAD_SIZES and available())
 
 
-def _attention_module() -> ModuleType:
-    mod = _module()
-    if mod is None:
-        raise RuntimeError("the CPU attention kernel is not available (see available())")
-    return mod
-
-
 def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -202,7 +199,7 @@ def _heads_like(q: Tensor) -> Tensor:  # [B, H, T, D] view of a [B, T, H, D] buf
 
 @torch.library.custom_op("rllc::causal_attention", mutates_args=())
 def _attention_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    o, lse = _attention_module().attention_forward(*map(_last_dim_contiguous, (q, k, v)))
+    o, lse = _loaded("attention").attention_forward(*map(_last_dim_contiguous, (q, k, v)))
     return o, lse
 
 
@@ -214,7 +211,7 @@ def _(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 @torch.library.custom_op("rllc::causal_attention_backward", mutates_args=())
 def _attention_backward_op(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                            grad_o: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    dq, dk, dv = _attention_module().attention_backward(
+    dq, dk, dv = _loaded("attention").attention_backward(
         *map(_last_dim_contiguous, (q, k, v, o)), lse.contiguous(), _last_dim_contiguous(grad_o))
     return dq, dk, dv
 

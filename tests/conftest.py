@@ -1,6 +1,5 @@
 """Fixtures shared across test folders: the fused losses' small problem, the kernel
-choice of ``compile=True`` and skips where a kernel cannot be built (``cpu_kernel``,
-``cpu_attention_kernel``, ``inductor``).
+choice of ``compile=True`` and skips where a kernel cannot be built (``cpu_kernels_built``, ``inductor``).
 
 The test process takes rllc's OpenMP wait policy as the CLI does (``rllc.kernels.threads``):
 set before torch loads, since OpenMP reads it once; Ray workers and CLI subprocesses the
@@ -33,20 +32,12 @@ def problem():
 
 
 @pytest.fixture
-def cpu_kernel():
-    """Skip where rllc's CPU softmax kernel (``cpu_kernels.softmax_rows``) is not built."""
+def cpu_kernels_built():
+    """Skip where rllc's CPU kernels (``cpu_kernels``: the softmax and attention kernels,
+    one extension) are not built."""
     if not cpu_kernels.available():
-        pytest.skip("rllc's CPU softmax kernel is not built here (no C++ compiler or ninja, "
+        pytest.skip("rllc's CPU kernels are not built here (no C++ compiler or ninja, "
                     "a failed build, or RLLC_CPU_KERNELS=0)")
-
-
-@pytest.fixture
-def cpu_attention_kernel():
-    """Skip where rllc's CPU attention kernel (``cpu_kernels.causal_attention``) is not
-    built."""
-    if not cpu_kernels.available():
-        pytest.skip("rllc's CPU attention kernel is not built here (no C++ compiler or "
-                    "ninja, a failed build, or RLLC_CPU_KERNELS=0)")
 
 
 @pytest.fixture
@@ -69,7 +60,7 @@ def fused_kernel(request, monkeypatch):
         request.getfixturevalue("inductor")
         monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
     else:
-        request.getfixturevalue("cpu_kernel")
+        request.getfixturevalue("cpu_kernels_built")
     return request.param
 
 

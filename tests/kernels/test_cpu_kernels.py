@@ -1,5 +1,5 @@
 """The hand-written CPU kernels equal the same math in torch. Tests of a kernel skip where
-it is not built (fixtures ``cpu_kernel``, ``cpu_attention_kernel``; a compiled graph also
+it is not built (fixture ``cpu_kernels_built``; a compiled graph also
 needs ``inductor``); what holds without one runs everywhere."""
 
 import warnings
@@ -41,7 +41,7 @@ def problem(rows=12, C=4, V=1000 + 5, seed=0):  # V: a vectorised body and a sca
     )
 
 
-@pytest.mark.usefixtures("cpu_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 @pytest.mark.parametrize("form", ["lowrank", "dense", "dense without bias"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_softmax_rows_equal_torch(form, dtype):
@@ -64,7 +64,7 @@ def test_softmax_rows_equal_torch(form, dtype):
         assert eu.numel() == 0 and ec.numel() == 0
 
 
-@pytest.mark.usefixtures("cpu_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_extreme_logits_stay_finite_and_non_finite_rows_stay_non_finite():
     p = problem()
     xd = p["xd"].clone()
@@ -80,7 +80,7 @@ def test_extreme_logits_stay_finite_and_non_finite_rows_stay_non_finite():
     assert torch.isfinite(lse[finite]).all() and torch.isfinite(mean[finite]).all()
 
 
-@pytest.mark.usefixtures("cpu_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_bad_inputs_are_refused():
     p = problem()
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
@@ -93,7 +93,7 @@ def test_bad_inputs_are_refused():
                                  u=p["u"], c=p["c"])
 
 
-@pytest.mark.usefixtures("cpu_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_usable_for_cpu_float32_and_bfloat16():
     assert cpu_kernels.usable(torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16))
 
@@ -146,7 +146,7 @@ def sdpa(q, k, v):
 
 
 # T: one row block (8), ragged blocks and score tiles, the paper's context; D: each compiled size
-@pytest.mark.usefixtures("cpu_attention_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 @pytest.mark.parametrize(("B", "H", "T", "D"),
                          [(1, 1, 8, 16), (2, 3, 37, 32), (2, 2, 70, 64), (3, 2, 256, 32)])
 def test_causal_attention_equals_sdpa(B, H, T, D):
@@ -159,7 +159,7 @@ def test_causal_attention_equals_sdpa(B, H, T, D):
     assert got[0].transpose(1, 2).is_contiguous()  # [B, T, H, D] memory: heads concatenate freely
 
 
-@pytest.mark.usefixtures("cpu_attention_kernel", "inductor")
+@pytest.mark.usefixtures("cpu_kernels_built", "inductor")
 def test_causal_attention_in_a_compiled_graph_equals_eager():
     """The op is opaque to inductor (a ``torch.library`` op with a fake and an autograd
     rule): a compiled graph around it gives the eager values and gradients."""
@@ -176,14 +176,14 @@ def test_causal_attention_in_a_compiled_graph_equals_eager():
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.usefixtures("cpu_attention_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_causal_attention_op_registration():
     q, k, v, _ = heads(1, 2, 12, 16, seed=2, dtype=torch.float32)
     torch.library.opcheck(cpu_kernels._attention_op,
                           tuple(t.detach().requires_grad_() for t in (q, k, v)))
 
 
-@pytest.mark.usefixtures("cpu_attention_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_attention_usable_for_cpu_float32_compiled_head_sizes():
     assert all(cpu_kernels.attention_usable("cpu", torch.float32, d)
                for d in cpu_kernels.ATTENTION_HEAD_SIZES)
@@ -195,7 +195,7 @@ def test_attention_not_usable_for_other_dtypes_devices_or_head_sizes():
     assert not cpu_kernels.attention_usable("cuda", torch.float32, 32)
 
 
-@pytest.mark.usefixtures("cpu_attention_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_causal_attention_refuses_what_it_is_not_built_for():
     q = torch.zeros(1, 1, 4, 16, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="float32"):
@@ -205,7 +205,7 @@ def test_causal_attention_refuses_what_it_is_not_built_for():
         cpu_kernels.causal_attention(q, q, q)
 
 
-@pytest.mark.usefixtures("cpu_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_delta_softmax_rows_equal_torch():
     """Rows wrap around the reference tokens from t0; Δp comes back within half an int8
     step; a NaN row stays NaN (its gradient scale too)."""

@@ -184,7 +184,7 @@ def test_int8_gradients_stay_close(monkeypatch, kernel):
     assert (fast[1].double() - exact[1]).norm() < 1e-2 * exact[1].norm()
 
 
-@pytest.mark.usefixtures("cpu_kernel")
+@pytest.mark.usefixtures("cpu_kernels_built")
 def test_int8_cpu_kernel_equals_torch(monkeypatch):
     h, int8_loss, _, loss_and_grad = int8_moved()
     fast = loss_and_grad(h, int8_loss)

@@ -199,7 +199,7 @@ def test_compiled_fast_path_gives_the_eager_traces(d_head, request):
     traces up to float32 reassociation (see the module docstring). Skips without a C++
     compiler, and d_head = 16 without the CPU attention kernel."""
     if d_head == 16:
-        request.getfixturevalue("cpu_attention_kernel")
+        request.getfixturevalue("cpu_kernels_built")
     model, tokens = make(dtype=torch.float32, d_head=d_head)
     step = HeadLayerStep(model, 0, [1], Numerics(compile=True))
     assert step.fm.shape.cpu_attention == (d_head == 16)
