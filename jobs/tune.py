@@ -13,11 +13,13 @@ Every finished trial writes its traces and checks to the store (``tuning/<tune_i
 ``rllc.store.tuning``) from its own worker; Ray's experiment state goes to a
 ``storage_path``, so that a search interrupted half-way resumes (``Tuner.restore``)
 with the trials it had finished. When the search is done, the chosen config is confirmed
-by a fresh run at that setting (another seed) and an ε/2 rerun, and written to the tune's
-attributes, where a sweep spec finds it (``sampler: tuned:<store>#<tune id>``). The
-setting reported is the chosen trial's ε/2 run (``halved_step``: ε/2, twice the steps per
-draw), the one its step check validated: the check bounds λ̂(ε) − λ̂(ε/2), about half
-the ε run's own bias, so the ε run itself may sit up to twice the margin off.
+by a fresh run at that setting (another seed) and an ε/2 rerun (two Ray tasks at once),
+and written to the tune's attributes, where a sweep spec finds it (``sampler:
+tuned:<store>#<tune id>``). The setting reported is the chosen trial's ε refined as its
+checks validated (``refined_best``): ε/2 with twice the steps per draw, since the step
+check bounds λ̂(ε) − λ̂(ε/2), about half the ε run's own bias, so the ε run itself may sit
+up to twice the margin off; and, where γ is searched, γ/2, the side of the localization
+check with the smaller bias (a γ too large pulls λ̂ low).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +50,16 @@ from .spec import Resources
 from .tune_spec import SearchAlgorithm, SearchSpace
 from .tune_targets import Target
 
-#: Stages of a trial: (run name, how its config derives from the trial's, the run it is
-#: compared with). ``double_nbeta`` only where nβ is searched.
+#: Stages of a trial: (run name, the run it is compared with). ``half_localization`` only
+#: where γ is searched, ``double_nbeta`` only where nβ is searched (``SEARCHED_BY``).
 STAGES: tuple[tuple[str, str | None], ...] = (
     ("base", None),
     ("half_step", "base"),
     ("half_localization", "base"),
     ("double_nbeta", "half_step"),
 )
+#: The parameter whose search adds a stage (a pinned γ is part of the estimand).
+SEARCHED_BY = {"half_localization": "localization", "double_nbeta": "nbeta"}
 #: Stored objective of a trial stopped (by ASHA) before its checks were complete.
 INCOMPLETE = 0.5
 #: The name of the agreement check each refinement run makes.
@@ -109,13 +114,14 @@ class TrialOutcome:
 
 
 def evaluate(samplers: dict[str, Callable[[SGLDConfig], SamplingResult]],
-             config: SGLDConfig, criteria: TuneCriteria, nbeta_searched: bool,
+             config: SGLDConfig, criteria: TuneCriteria, searched: Collection[str],
              report: Callable[[TrialOutcome, bool], None] | None = None) -> TrialOutcome:
-    """Run the stages of one setting on every target, judging as it goes; stop at the
-    first failed check. ``report(outcome, final)`` is called after each stage."""
+    """Run the stages of one setting on every target (those of the ``searched``
+    parameters, ``stages_of``), judging as it goes; stop at the first failed check.
+    ``report(outcome, final)`` is called after each stage."""
     start = time.perf_counter()
     out = TrialOutcome(Verdict())
-    stages = [s for s in STAGES if nbeta_searched or s[0] != "double_nbeta"]
+    stages = stages_of(searched)
     for i, (run, against) in enumerate(stages):
         cfg = stage_config(config, run)
         for label, sampler in samplers.items():
@@ -218,7 +224,7 @@ def trainable(params: dict[str, Any], ctx: TrialContext) -> None:
         _store_trial(ctx, index, config, out, float(stored))
         tune.report(metrics)
 
-    evaluate(samplers, config, ctx.criteria, "nbeta" in ctx.ranges, report)
+    evaluate(samplers, config, ctx.criteria, ctx.ranges, report)
 
 
 def _store_trial(ctx: TrialContext, index: int, config: SGLDConfig, out: TrialOutcome,
@@ -299,7 +305,8 @@ def run_tune(
     Trials sample with ``base`` (ε, γ, nβ replaced); the chosen setting is reported, and
     confirmed, on ``best_base`` (default ``base``), e.g. a longer run than the trials'.
 
-    Resumes the search if Ray's state for (``store``, ``tune_id``) holds an unfinished one.
+    Resumes the search if the store already holds the tune and Ray's state for (``store``,
+    ``tune_id``) holds an unfinished one; a tune new to the store starts afresh.
     Raises ``TuneError`` when every trial diverged.
     """
     from ray import tune
@@ -310,15 +317,21 @@ def run_tune(
     start = time.perf_counter()
     resources = resources or Resources()
     ranges = search.ranges(kind)
+    base = base.model_copy(update=search.pinned())
+    best_base = best_base and best_base.model_copy(update=search.pinned())
     n_trials = search.n_trials(kind)
     labels = [t.label for t in targets]
     trace_store = open_store(store)
-    create_tuning(trace_store, tune_id, n_trials, labels, base.chains, base.draws, {
+    created = create_tuning(trace_store, tune_id, n_trials, labels, base.chains, base.draws, {
         "search": search.model_dump(mode="json") | {"ranges": ranges},
         "base": base.model_dump(mode="json"), "kind": kind,
         "targets": [t.model_dump(mode="json") for t in targets],
     })
     path = state_path(store, tune_id)
+    if created and path.exists():
+        # Ray's state of an earlier store at the same URI (deleted since): its trials are
+        # not in this store, so it must not be resumed.
+        shutil.rmtree(path)
     threads = max(1, int(resources.num_cpus))
     first = 0 if search.algorithm == SearchAlgorithm.GRID else 1
     ctx = TrialContext(tuple(targets), base, ranges, search.criteria, store, tune_id, threads,
@@ -333,7 +346,6 @@ def run_tune(
                                  {"cpu": resources.num_cpus, "gpu": gpus})
         concurrent = search.max_concurrent or max(
             1, int(cluster.get("CPU", 1) // resources.num_cpus))
-        bar = _progress_callback(n_trials, progress, tune_id)
         if tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), trainable=fn, resume_errored=True)
         else:
@@ -342,22 +354,22 @@ def run_tune(
                                                         concurrent, ASHAScheduler),
                                run_config=tune.RunConfig(
                                    name=path.name, storage_path=str(path.parent), verbose=0,
-                                   callbacks=[bar],
+                                   callbacks=[_progress_callback(n_trials, progress,
+                                                                 tune_id)],
                                    failure_config=tune.FailureConfig(max_failures=1)))
         with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's tables: logs, not output
             tuner.fit()
-        bar.close()
 
-    rows = trial_rows(trace_store, tune_id)
-    best_row = _choose(rows, ranges)
-    if not best_row["passed"]:
-        print(f"rllc tune: no trial passed every check; the setting reported is the "
-              f"least-failing trial's (failed: {best_row['failed'] or 'unfinished'}). Run "
-              f"more trials or change the ranges (docs/tune.md).", file=sys.stderr, flush=True)
-    # The chosen trial's ε/2 run: the step check bounds |λ̂(ε) − λ̂(ε/2)|, which is about
-    # half the ε run's own first-order bias, so the validated ε/2 setting carries half.
-    best = halved_step(trial_config(best_base or base, {k: best_row[k] for k in ranges}))
-    confirm = _confirm(targets, best)
+        rows = trial_rows(trace_store, tune_id)
+        best_row = _choose(rows, ranges)
+        if not best_row["passed"]:
+            print(f"rllc tune: no trial passed every check; the setting reported is the "
+                  f"least-failing trial's (failed: {best_row['failed'] or 'unfinished'}). "
+                  f"Run more trials or change the ranges (docs/tune.md).", file=sys.stderr,
+                  flush=True)
+        best = refined_best(best_base or base, {k: best_row[k] for k in ranges})
+        confirm = _confirm(targets, best, {"num_cpus": resources.num_cpus, "num_gpus": gpus},
+                           threads)
     seconds = time.perf_counter() - start
     report = TuneReport(
         tune=tune_id, store=store, best=best.model_dump(mode="json"),
@@ -372,9 +384,29 @@ def run_tune(
     return report
 
 
-def n_stages(ranges: dict[str, tuple[float, float]]) -> int:
-    """Stages of a full trial: the nβ stage only where nβ is searched."""
-    return len(STAGES) if "nbeta" in ranges else len(STAGES) - 1
+def refined_best(base: SGLDConfig, params: dict[str, float]) -> SGLDConfig:
+    """The setting reported for the winning trial's ``params``: ε/2 (twice the steps per
+    draw) and, where γ was searched, γ/2, with the warm-up of ``trial_config`` at that γ.
+
+    The step check bounds |λ̂(ε) − λ̂(ε/2)|, which to first order is half the ε run's own
+    bias, so the ε/2 setting carries half of it. The localization check bounds
+    |λ̂(γ) − λ̂(γ/2)|, and λ̂ rises towards λ as γ falls, so γ/2 is the side nearer λ. Both
+    halvings only make the chains more stable: the trial's γ/2 run, at the full ε, passed.
+    """
+    if "localization" in params:
+        params = {**params, "localization": params["localization"] / 2}
+    return halved_step(trial_config(base, params))
+
+
+def stages_of(searched: Collection[str]) -> list[tuple[str, str | None]]:
+    """The stages of a trial that searches ``searched``: the γ/2 stage only where γ is
+    searched (a pinned γ is part of what is measured), the 2nβ stage only where nβ is."""
+    return [s for s in STAGES if SEARCHED_BY.get(s[0], "step_size") in searched]
+
+
+def n_stages(ranges: Collection[str]) -> int:
+    """Stages of a full trial (``stages_of``)."""
+    return len(stages_of(ranges))
 
 
 def _param_space(search: SearchSpace, ranges: dict[str, tuple[float, float]], kind: str):
@@ -429,20 +461,24 @@ def _stopped_share(rows: list[dict[str, Any]], stages: int) -> float:
     return sum(r["stages"] < stages for r in rows) / len(rows) if rows else 0.0
 
 
-def _confirm(targets: Sequence[Target], best: SGLDConfig) -> dict[str, dict[str, Any]]:
-    """A fresh run at the chosen setting (another seed) and an ε/2 rerun, per target."""
+def _confirm(targets: Sequence[Target], best: SGLDConfig, options: dict[str, float],
+             threads: int) -> dict[str, dict[str, Any]]:
+    """A fresh run at the chosen setting (another seed) and an ε/2 rerun, per target: Ray
+    tasks (``options``: their resources), all at once."""
+    import ray
+
     fresh = best.model_copy(update={"seed": best.seed + 1})
+    task = ray.remote(_confirm_run).options(**options)
+    refs = {t.label: [task.remote(t, cfg, threads) for cfg in (fresh, halved_step(fresh))]
+            for t in targets}
     out = {}
-    for target in targets:
-        sampler = target.sampler()
-        try:
-            est = sampler(fresh).llc()
-            fine = sampler(halved_step(fresh)).llc()
-        except AllChainsDivergedError as err:
-            out[target.label] = {"error": str(err)}
+    for label, pair in refs.items():
+        est, fine = ray.get(pair)
+        if isinstance(est, str) or isinstance(fine, str):
+            out[label] = {"error": est if isinstance(est, str) else fine}
             continue
         diff = abs(est.llc_mean - fine.llc_mean)
-        out[target.label] = {
+        out[label] = {
             "llc_mean": est.llc_mean, "llc_stderr": est.llc_stderr, "burnin": est.burnin,
             "llc_half_step": fine.llc_mean, "llc_half_step_stderr": fine.llc_stderr,
             "llc_systematic": diff,
@@ -451,27 +487,57 @@ def _confirm(targets: Sequence[Target], best: SGLDConfig) -> dict[str, dict[str,
     return out
 
 
+def _confirm_run(target: Target, config: SGLDConfig, threads: int) -> LLCEstimate | str:
+    """One confirmation run (a Ray task): its λ̂, or the error if every chain diverged."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        return target.sampler()(config).llc()
+    except AllChainsDivergedError as err:
+        return str(err)
+
+
 def _progress_callback(total: int, enabled: bool, tune_id: str):
     """A Ray Tune callback with a tqdm bar of finished trials on stderr (Ray Tune's own
-    tables are off); ``close()`` ends the bar."""
+    tables are off). It ends its bar when the experiment ends."""
     from ray.tune import Callback
-    from tqdm.auto import tqdm
 
-    class Bar(Callback):
+    class ProgressBar(Callback):
+        # Ray pickles the callbacks with the tuner's state, and ``Tuner.restore`` unpickles
+        # them: the state is the bar's settings, and the bar itself is made on first use.
         def __init__(self) -> None:
-            self.bar = tqdm(total=total, desc=f"tune {tune_id}", unit="trial",
-                            file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+            self.settings = {"total": total, "enabled": enabled, "tune_id": tune_id}
+            self.bar = None
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"settings": self.settings}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.settings, self.bar = state["settings"], None
+
+        def _tick(self) -> None:
+            if self.bar is None:
+                from tqdm.auto import tqdm
+
+                cfg = self.settings
+                self.bar = tqdm(total=cfg["total"], desc=f"tune {cfg['tune_id']}",
+                                unit="trial", file=sys.stderr, disable=not cfg["enabled"],
+                                dynamic_ncols=True)
+            self.bar.update(1)
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self.bar.update(1)
+            self._tick()
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self.bar.update(1)
+            self._tick()
 
-        def close(self) -> None:
-            self.bar.close()
+        def on_experiment_end(self, trials, **info) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
 
-    return Bar()
+    return ProgressBar()
 
 
 # ---- entry points ---------------------------------------------------------------------

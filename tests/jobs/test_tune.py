@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,11 +63,11 @@ class TestTune:
         rows = trial_rows(open_store(store), out["tune"])
         assert len(rows) == 6 and sum(r["passed"] for r in rows) >= 1
         chosen = min(rows, key=lambda r: r["objective"])
-        # the largest passing ε wins, and best is its validated ε/2 run
+        # the largest passing ε wins, and best is its validated ε/2 and γ/2
         assert chosen["step_size"] == max(r["step_size"] for r in rows if r["passed"])
         assert out["best"]["step_size"] == pytest.approx(chosen["step_size"] / 2)
         assert out["best"]["steps_per_draw"] == 2 * BASE.steps_per_draw
-        assert out["best"]["localization"] == pytest.approx(chosen["localization"])
+        assert out["best"]["localization"] == pytest.approx(chosen["localization"] / 2)
         assert read_tuned(f"{store}#{out['tune']}") == out["best"]
         assert (tmp_path / "map.png").stat().st_size > 10_000
 
@@ -76,16 +77,33 @@ class TestTune:
             tune_dln(PROBLEM, search, store=str(tmp_path / "store"), base=BASE,
                      progress=False)
 
+    def test_a_new_store_at_an_old_path_starts_afresh(self, tmp_path):
+        """Ray's state of a deleted store's tune is not resumed into a new store at the
+        same URI: the second search runs its own trials (and its own range)."""
+        store = tmp_path / "store"
+        search = SEARCH.model_copy(update={"step_size": (1.0, 10.0), "trials": 2})
+        with pytest.raises(TuneError, match=r"step_size \[1, 10\]"):
+            tune_dln(PROBLEM, search, store=str(store), base=BASE, progress=True)
+        shutil.rmtree(store)
+        search = search.model_copy(update={"step_size": (2.0, 20.0)})
+        with pytest.raises(TuneError, match=r"every trial diverged over step_size \[2, 20\]"):
+            tune_dln(PROBLEM, search, store=str(store), base=BASE, progress=True)
+
     def test_the_best_config_drives_a_real_sweep(self, make_spec, tmp_path):
-        """Tune one head of the tiny model (a 2 × 2 grid), then sweep with
-        ``sampler: tuned:<store>#<tune id>``."""
+        """Tune ε of one head of the tiny model at a pinned γ (a grid of 3 step sizes),
+        then sweep with ``sampler: tuned:<store>#<tune id>``."""
         store = str(tmp_path / "store")
         spec = parse_tune_spec(make_spec(
             store, name="tiny-tune", components=["0:0"], seeds=[0],
-            search={"trials": 4, "algorithm": "grid", "step_size": [1e-5, 1e-3],
-                    "localization": [10, 1000]}))
+            search={"trials": 3, "algorithm": "grid", "step_size": [1e-5, 1e-3],
+                    "localization": 100}))
         out = tune_spec(spec, progress=False)
-        assert out["trials"] == 4
+        assert out["trials"] == 3
+        rows = trial_rows(open_store(store), "tiny-tune")
+        assert {r["localization"] for r in rows} == {100.0}
+        # a pinned γ makes no γ/2 run: at most the base and ε/2 stages
+        assert max(r["stages"] for r in rows) <= 2
+        assert out["best"]["localization"] == 100.0
         sweep = parse_spec(make_spec(store, name="tuned-sweep", components=["0:1"],
                                      sampler=f"tuned:{store}#tiny-tune"))
         report = run_sweep(sweep, progress=False)
@@ -98,13 +116,15 @@ class TestTune:
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_with_the_trials_it_had(tmp_path):
     """Kill `rllc tune dln` once a trial is stored; the rerun restores Ray's state
-    (``Tuner.restore``) and finishes, keeping the stored trial as it was."""
+    (``Tuner.restore``) and finishes, keeping the stored trial as it was. The first run
+    shows its progress bar (no ``--json``), which Ray pickles with the tuner's state."""
     store = str(tmp_path / "store")
     env = {**os.environ, "RLLC_TUNE_STATE": str(tmp_path / "ray-tune")}
     cmd = [sys.executable, "-m", "rllc.cli.main", "tune", "dln", "--widths", "3,2,8",
            "--true-rank", "0", "--trials", "4", "--store", store, "--num-cpus", "2",
            "--step-size-range", "1e-6,1e-2", "--chains", "8", "--draws", "300", "--json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd[:-1], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     tune_id = "dln-3x2x8-r0-s0"
     first = None
@@ -123,6 +143,7 @@ def test_an_interrupted_search_resumes_with_the_trials_it_had(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        log.close()
     assert first is not None, "no trial was stored before the deadline"
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
