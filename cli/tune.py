@@ -13,14 +13,20 @@ from .common import JsonFlag, UsageError, emit, handle_errors, table
 from .sweep import Address, NumCpus
 
 
-def _range(text: str | None, flag: str) -> tuple[float, float] | None:
+def _range(text: str | None, flag: str, pin: bool = False) -> tuple[float, float] | float | None:
+    """``LO,HI``; with ``pin`` also one number (the parameter pinned, not searched)."""
     if text is None:
         return None
     try:
-        lo, hi = (float(x) for x in text.split(","))
+        values = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise UsageError(f"{flag} must be LO,HI (two numbers), got {text!r}") from None
-    return lo, hi
+        values = ()
+    if pin and len(values) == 1:
+        return values[0]
+    if len(values) != 2:
+        raise UsageError(f"{flag} must be LO,HI (two numbers){' or one number' if pin else ''}, "
+                         f"got {text!r}")
+    return values
 
 
 class SpecOrSubcommand(TyperGroup):
@@ -46,7 +52,7 @@ Algorithm = Annotated[str | None, typer.Option("--algorithm", help="optuna (TPE)
 StepRange = Annotated[str | None, typer.Option(
     "--step-size-range", help="LO,HI of ε (log scale).")]
 GammaRange = Annotated[str | None, typer.Option(
-    "--localization-range", help="LO,HI of γ (log scale).")]
+    "--localization-range", help="LO,HI of γ (log scale), or one γ: pinned, not searched.")]
 NBetaRange = Annotated[str | None, typer.Option(
     "--nbeta-range", help="LO,HI of nβ, to search it too.")]
 Plot = Annotated[Path | None, typer.Option(
@@ -58,7 +64,7 @@ def _search(trials, algorithm, step_size, localization, nbeta) -> dict[str, Any]
     return {k: v for k, v in {
         "trials": trials, "algorithm": algorithm,
         "step_size": _range(step_size, "--step-size-range"),
-        "localization": _range(localization, "--localization-range"),
+        "localization": _range(localization, "--localization-range", pin=True),
         "nbeta": _range(nbeta, "--nbeta-range"),
     }.items() if v is not None}
 

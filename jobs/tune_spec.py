@@ -10,7 +10,7 @@ datasets name the few points to tune on, plus a ``search:`` block::
     sampler: {chains: 4, draws: 200}     # everything but ε, γ (, nβ) stays as given
     search:
       step_size: [1e-5, 1e-1]            # log-uniform ranges
-      localization: [1, 10000]
+      localization: [1, 10000]           # or one value (200): γ pinned, not searched
       nbeta: null                        # or [lo, hi] to search nβ too
       trials: 24
       algorithm: optuna                  # or grid
@@ -58,7 +58,9 @@ class SearchSpace(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     step_size: Range | None = Field(None, description="[lo, hi] of ε (default by kind).")
-    localization: Range | None = Field(None, description="[lo, hi] of γ (default by kind).")
+    localization: Range | float | None = Field(
+        None, description="[lo, hi] of γ (default by kind), or one γ: pinned, not searched "
+        "(it is then part of what is measured, and the γ/2 check is not made).")
     nbeta: Range | None = Field(None, description="[lo, hi] of nβ, or null: not searched.")
     trials: int = Field(24, ge=1, le=1000, description="Trials (grid: points per axis = "
                         "round(trials^(1/axes))).")
@@ -71,8 +73,12 @@ class SearchSpace(BaseModel):
 
     @field_validator("step_size", "localization", "nbeta")
     @classmethod
-    def _range(cls, v: Range | None, info) -> Range | None:
+    def _range(cls, v: Range | float | None, info) -> Range | float | None:
         if v is None:
+            return v
+        if not isinstance(v, tuple):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{info.field_name} needs a finite value > 0, got {v}")
             return v
         lo, hi = v
         if not (math.isfinite(lo) and math.isfinite(hi) and lo > 0):
@@ -85,10 +91,15 @@ class SearchSpace(BaseModel):
     def ranges(self, kind: str) -> dict[str, Range]:
         """The searched parameters and their ranges, defaults filled in for ``kind``."""
         out = {k: getattr(self, k) or DEFAULT_RANGES[kind][k]
-               for k in ("step_size", "localization")}
+               for k in ("step_size", "localization") if k not in self.pinned()}
         if self.nbeta is not None:
             out["nbeta"] = self.nbeta
         return out
+
+    def pinned(self) -> dict[str, float]:
+        """Parameters given one value instead of a range: fixed, not searched."""
+        return {"localization": float(self.localization)} if isinstance(
+            self.localization, float | int) else {}
 
     def grid_points(self, kind: str) -> int:
         """Points per axis of the grid."""
@@ -114,8 +125,8 @@ def parse_search(data: Any, field: str = "search") -> SearchSpace:
         return SearchSpace.model_validate(data or {})
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(x) for x in (field, *first["loc"]))
-        raise SpecError(where, _message(first, len(first["loc"]) == 1)) from None
+        loc = _field_path(first)
+        raise SpecError(".".join((field, *loc)), _message(first, len(loc) == 1)) from None
 
 
 def parse_tune_spec(data: Any) -> TuneSpec:
@@ -126,14 +137,20 @@ def parse_tune_spec(data: Any) -> TuneSpec:
         return TuneSpec.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(x) for x in first["loc"]) or "spec"
-        raise SpecError(field, _message(first, first["loc"][:1] == ("search",)
-                                        and len(first["loc"]) == 2)) from None
+        loc = _field_path(first)
+        raise SpecError(".".join(loc) or "spec", _message(first, loc[:1] == ("search",)
+                                                          and len(loc) == 2)) from None
 
 
 def load_tune_spec(path: str | Path) -> TuneSpec:
     """Read and validate a YAML or JSON tune spec file."""
     return load_spec(path, parse_tune_spec)
+
+
+def _field_path(error: dict[str, Any]) -> tuple[str, ...]:
+    """The error's location without pydantic's union members (``tuple[float, float]``)."""
+    return tuple(str(x) for x in error["loc"]
+                 if not (isinstance(x, str) and (x in ("float", "int") or "[" in x)))
 
 
 def _message(error: dict[str, Any], in_search: bool) -> str:

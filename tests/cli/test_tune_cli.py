@@ -17,6 +17,8 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
     ("--localization-range", "5,5", "search.localization: localization range is empty"),
     ("--nbeta-range", "0,10", "search.nbeta: nbeta range needs finite values > 0"),
     ("--step-size-range", "1e-4", "--step-size-range must be LO,HI"),
+    ("--localization-range", "0", "search.localization: localization needs a finite value > 0"),
+    ("--localization-range", "1,2,3", "--localization-range must be LO,HI (two numbers) or one"),
     ("--algorithm", "random", "search.algorithm"),
 ])
 def test_bad_search_flags_exit_2_naming_the_field(flag, value, message):
