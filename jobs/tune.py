@@ -18,8 +18,8 @@ and written to the tune's attributes, where a sweep spec finds it (``sampler:
 tuned:<store>#<tune id>``). The setting reported is the chosen trial's ε refined as its
 checks validated (``refined_best``): ε/2 with twice the steps per draw, since the step
 check bounds λ̂(ε) − λ̂(ε/2), about half the ε run's own bias, so the ε run itself may sit
-up to twice the margin off; and, where γ is searched, γ/2, the side of the localization
-check with the smaller bias (a γ too large pulls λ̂ low).
+up to twice the margin off; and, where γ is searched and the trial passed, γ/2, the side
+of the localization check with the smaller bias (a γ too large pulls λ̂ low).
 """
 
 from __future__ import annotations
@@ -367,7 +367,8 @@ def run_tune(
                   f"least-failing trial's (failed: {best_row['failed'] or 'unfinished'}). "
                   f"Run more trials or change the ranges (docs/tune.md).", file=sys.stderr,
                   flush=True)
-        best = refined_best(best_base or base, {k: best_row[k] for k in ranges})
+        best = refined_best(best_base or base, {k: best_row[k] for k in ranges},
+                            best_row["passed"])
         confirm = _confirm(targets, best, {"num_cpus": resources.num_cpus, "num_gpus": gpus},
                            threads)
     seconds = time.perf_counter() - start
@@ -384,16 +385,19 @@ def run_tune(
     return report
 
 
-def refined_best(base: SGLDConfig, params: dict[str, float]) -> SGLDConfig:
+def refined_best(base: SGLDConfig, params: dict[str, float], passed: bool) -> SGLDConfig:
     """The setting reported for the winning trial's ``params``: ε/2 (twice the steps per
-    draw) and, where γ was searched, γ/2, with the warm-up of ``trial_config`` at that γ.
+    draw) and, where γ was searched and the trial ``passed``, γ/2, with the warm-up of
+    ``trial_config`` at that γ.
 
     The step check bounds |λ̂(ε) − λ̂(ε/2)|, which to first order is half the ε run's own
     bias, so the ε/2 setting carries half of it. The localization check bounds
-    |λ̂(γ) − λ̂(γ/2)|, and λ̂ rises towards λ as γ falls, so γ/2 is the side nearer λ. Both
-    halvings only make the chains more stable: the trial's γ/2 run, at the full ε, passed.
+    |λ̂(γ) − λ̂(γ/2)|, and λ̂ rises towards λ as γ falls, so γ/2 is the side nearer λ; and
+    the trial's γ/2 run, at the full ε, passed, so γ/2 at ε/2 is stable. A trial that
+    failed (the least-failing one, reported when none passed) may never have run γ/2, or
+    failed its check: its γ stays.
     """
-    if "localization" in params:
+    if passed and "localization" in params:
         params = {**params, "localization": params["localization"] / 2}
     return halved_step(trial_config(base, params))
 

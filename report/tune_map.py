@@ -54,7 +54,7 @@ def plot_trials(rows: list[dict[str, Any]], best: dict[str, Any], kind: str,
         fig.colorbar(sc, ax=ax)
         ax.scatter([best["step_size"]], [best["localization"]], marker="*", s=320,
                    facecolors="none", edgecolors="red", linewidths=2,
-                   label="winning trial (best: its ε/2, and γ/2 where searched)")
+                   label="winning trial (best: its ε/2, and γ/2 if it passed)")
         ax.scatter([PAPER_SETTING["step_size"]], [PAPER_SETTING["localization"]], marker="D",
                    s=80, facecolors="none", edgecolors="k", label="paper (ε 1e-3, γ 200)")
         ax.set(xscale="log", yscale="log", xlabel="step size ε", ylabel="localization γ",

@@ -42,7 +42,7 @@ def test_the_reported_setting_halves_what_the_checks_validated():
     from rllc.estimators.dln import DLN_SAMPLER
     from rllc.jobs.tune import refined_best, trial_config
 
-    best = refined_best(DLN_SAMPLER, {"step_size": 1e-5, "localization": 4.0})
+    best = refined_best(DLN_SAMPLER, {"step_size": 1e-5, "localization": 4.0}, passed=True)
     assert best.step_size == pytest.approx(5e-6) and best.localization == pytest.approx(2.0)
     assert best.steps_per_draw == 2 * DLN_SAMPLER.steps_per_draw
     # the warm-up is that of a trial at γ/2: three time constants 2/(ε_w·γ)
@@ -50,5 +50,8 @@ def test_the_reported_setting_halves_what_the_checks_validated():
     assert best.warmup_steps == 6000
     # a pinned γ (not among the searched parameters) stays as it is
     pinned = refined_best(DLN_SAMPLER.model_copy(update={"localization": 200.0}),
-                          {"step_size": 1e-5})
+                          {"step_size": 1e-5}, passed=True)
     assert pinned.localization == 200.0 and pinned.step_size == pytest.approx(5e-6)
+    # a failed winner (none passed) may never have run γ/2: only ε is halved
+    failed = refined_best(DLN_SAMPLER, {"step_size": 1e-5, "localization": 4.0}, passed=False)
+    assert failed.localization == 4.0 and failed.step_size == pytest.approx(5e-6)
